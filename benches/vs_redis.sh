@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# dynkv vs redis-server throughput/latency comparison with redis-benchmark.
+#
+# Usage: benches/vs_redis.sh            (after `cargo build --release`)
+#
+# Environment:
+#   DYNKV_BIN   dynkv binary (default: <repo>/target/release/dynkv)
+#   DYNKV_CMD   optional override for the command that starts the "dynkv" side,
+#               run with `bash -c` and PORT, DIR, FSYNC (always|no) exported, e.g.
+#               to sanity-check this script with redis-server on both sides:
+#                 DYNKV_CMD='exec redis-server --bind 127.0.0.1 --port $PORT --save "" --dir $DIR \
+#                   --appendonly $([ $FSYNC = always ] && echo yes || echo no) --appendfsync always' \
+#                   benches/vs_redis.sh
+#   BENCH_N     requests per redis-benchmark run (default: 100000 for -P 1, 200000 for -P 16)
+#   BENCH_CLIENTS  concurrent connections (default 50)
+#   BENCH_OUT   CSV output path (default: <repo>/benches/results/vs_redis.csv)
+#
+# Scenarios:
+#   no-persist    redis --save '' --appendonly no        vs dynkv --fsync no
+#   fsync-always  redis --appendonly yes --appendfsync always  vs dynkv --fsync always
+# Each runs `redis-benchmark -t set,get -n N -c 50 -P 1` and `-P 16` with --csv.
+# Targets are reported in the footer, never asserted.
+set -euo pipefail
+export LC_ALL=C
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+DYNKV_BIN="${DYNKV_BIN:-$REPO_ROOT/target/release/dynkv}"
+DYNKV_CMD="${DYNKV_CMD:-}"
+CLIENTS="${BENCH_CLIENTS:-50}"
+N_P1="${BENCH_N:-100000}"
+N_P16="${BENCH_N:-200000}"
+OUT="${BENCH_OUT:-$REPO_ROOT/benches/results/vs_redis.csv}"
+HOST=127.0.0.1
+RUN_TIMEOUT="${BENCH_TIMEOUT:-900}"
+
+die() { echo "error: $*" >&2; exit 1; }
+
+for tool in redis-server redis-benchmark redis-cli; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found in PATH (install redis-server / redis-tools)"
+done
+if [[ -z "$DYNKV_CMD" ]]; then
+    [[ -x "$DYNKV_BIN" ]] || die "dynkv binary not found at '$DYNKV_BIN'. Run 'cargo build --release' in $REPO_ROOT first (or set DYNKV_BIN)."
+fi
+
+TMP_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/dynkv-bench.XXXXXX")"
+PIDS=()
+
+stop_pid() {
+    local pid="$1"
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && stop_pid "$pid"; done
+    rm -rf "$TMP_ROOT"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null && return
+    local p
+    while :; do
+        p=$(( 20000 + RANDOM % 40000 ))
+        (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+}
+
+wait_ready() {  # PID PORT LOG
+    local pid="$1" port="$2" log="$3"
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "server on port $port exited during startup"; }
+        [[ "$(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null || true)" == "PONG" ]] && return 0
+        sleep 0.1
+    done
+    cat "$log" >&2
+    die "server on port $port did not answer PING within 15s"
+}
+
+STARTED_PID=""
+start_redis() {  # PORT DIR persist(no|always)
+    local port="$1" dir="$2" mode="$3" log="$2.log"
+    mkdir -p "$dir"
+    local persist=(--appendonly no)
+    [[ "$mode" == always ]] && persist=(--appendonly yes --appendfsync always)
+    redis-server --bind "$HOST" --port "$port" --save '' "${persist[@]}" --dir "$dir" \
+        --logfile "" >"$log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_ready "$STARTED_PID" "$port" "$log"
+}
+
+start_dynkv() {  # PORT DIR fsync(no|always)
+    local port="$1" dir="$2" mode="$3" log="$2.log"
+    mkdir -p "$dir"
+    if [[ -n "$DYNKV_CMD" ]]; then
+        PORT="$port" DIR="$dir" FSYNC="$mode" bash -c "$DYNKV_CMD" >"$log" 2>&1 &
+    else
+        "$DYNKV_BIN" server --bind "$HOST" --port "$port" --data-dir "$dir" --fsync "$mode" >"$log" 2>&1 &
+    fi
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_ready "$STARTED_PID" "$port" "$log"
+}
+
+# bench PORT PIPELINE N -> prints CSV rows "TEST,rps,p50,p99" (SET and GET)
+bench() {
+    local port="$1" pipeline="$2" n="$3" raw
+    raw="$(timeout "$RUN_TIMEOUT" redis-benchmark -h "$HOST" -p "$port" -t set,get -n "$n" \
+        -c "$CLIENTS" -P "$pipeline" --csv 2>&1)" || {
+        echo "redis-benchmark failed on port $port (P=$pipeline):" >&2; echo "$raw" >&2; return 1; }
+    # --csv columns (redis-benchmark 7): test,rps,avg,min,p50,p95,p99,max
+    local header
+    header="$(grep -m1 '^"test"' <<<"$raw" || true)"
+    [[ "$header" == '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"' ]] \
+        || { echo "unexpected redis-benchmark --csv header: $header" >&2; echo "$raw" >&2; return 1; }
+    grep -E '^"(SET|GET)"' <<<"$raw" | tr -d '"' | awk -F, '{print $1 "," $2 "," $5 "," $7}'
+}
+
+ROWS=()   # scenario,test,pipeline,n,redis_rps,dynkv_rps,ratio,r_p50,r_p99,d_p50,d_p99
+
+run_scenario() {  # NAME MODE(no|always)
+    local name="$1" mode="$2"
+    local rport dport rpid dpid
+    rport="$(free_port)"
+    start_redis "$rport" "$TMP_ROOT/$name-redis" "$mode"; rpid="$STARTED_PID"
+    dport="$(free_port)"
+    start_dynkv "$dport" "$TMP_ROOT/$name-dynkv" "$mode"; dpid="$STARTED_PID"
+    # warm-up (not recorded): first connections, allocator, page cache
+    local port
+    for port in "$rport" "$dport"; do
+        timeout "$RUN_TIMEOUT" redis-benchmark -h "$HOST" -p "$port" -t set,get -n 10000 \
+            -c "$CLIENTS" -P 16 -q >/dev/null 2>&1 || die "warm-up against port $port failed"
+    done
+    local p n rres dres test
+    for p in 1 16; do
+        if [[ "$p" == 1 ]]; then n="$N_P1"; else n="$N_P16"; fi
+        echo ">> $name: redis-server  -P $p -n $n -c $CLIENTS" >&2
+        rres="$(bench "$rport" "$p" "$n")"
+        echo ">> $name: dynkv         -P $p -n $n -c $CLIENTS" >&2
+        dres="$(bench "$dport" "$p" "$n")"
+        for test in SET GET; do
+            local rl dl
+            rl="$(grep "^$test," <<<"$rres" || true)"
+            dl="$(grep "^$test," <<<"$dres" || true)"
+            [[ -n "$rl" && -n "$dl" ]] || die "missing $test result (redis: '$rres', dynkv: '$dres')"
+            ROWS+=("$(awk -F, -v s="$name" -v t="$test" -v p="$p" -v n="$n" -v rl="$rl" -v dl="$dl" 'BEGIN {
+                split(rl, r, ","); split(dl, d, ",");
+                ratio = (r[2] > 0) ? d[2] / r[2] : 0;
+                printf "%s,%s,%s,%s,%.2f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f", s, t, p, n, r[2], d[2], ratio, r[3], r[4], d[3], d[4]
+            }')")
+        done
+    done
+    stop_pid "$rpid"
+    stop_pid "$dpid"
+}
+
+# TODO(cluster issue): 3-node dynkv cluster row. Start three dynkv nodes joined
+# into one cluster (N=3, R=2, W=2), point redis-benchmark at one coordinator and
+# append rows with scenario "cluster-3node" to ROWS (redis column: the
+# single-node no-persist redis-server numbers for reference). Not implemented
+# until cluster membership lands; enable with BENCH_CLUSTER=1 once it does.
+run_cluster_row() {
+    echo ">> cluster-3node: not implemented yet (TODO: cluster issue), skipping" >&2
+    return 0
+}
+
+echo "# dynkv vs redis-server: $(redis-benchmark --version 2>/dev/null | head -n1), $(redis-server --version | awk '{print $3}')" >&2
+echo "# host: $(uname -srm), $(nproc 2>/dev/null || echo ?) cores, clients=$CLIENTS, date=$(date -u +%FT%TZ)" >&2
+if [[ -n "$DYNKV_CMD" ]]; then echo "# dynkv side: DYNKV_CMD override ($DYNKV_CMD)" >&2
+else echo "# dynkv side: $DYNKV_BIN" >&2; fi
+
+run_scenario no-persist no
+run_scenario fsync-always always
+if [[ "${BENCH_CLUSTER:-0}" == 1 ]]; then run_cluster_row; fi
+
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "scenario,test,pipeline,requests,redis_ops_per_sec,dynkv_ops_per_sec,ratio_dynkv_over_redis,redis_p50_ms,redis_p99_ms,dynkv_p50_ms,dynkv_p99_ms"
+    printf '%s\n' "${ROWS[@]}"
+} >"$OUT"
+
+echo
+printf '%-13s %-4s %3s %13s %13s %7s %15s %15s\n' scenario test P "redis ops/s" "dynkv ops/s" ratio "redis p50/p99" "dynkv p50/p99"
+printf '%s\n' "${ROWS[@]}" | awk -F, '{
+    printf "%-13s %-4s %3s %13.0f %13.0f %6.2fx %15s %15s\n", $1, $2, $3, $5, $6, $7, $8 "/" $9, $10 "/" $11
+}'
+echo
+echo "Targets (reported, not asserted):"
+printf '%s\n' "${ROWS[@]}" | awk -F, '
+    function report(label, ratio, target) {
+        printf "  %-46s %5.2fx  target >= %.1fx  %s\n", label, ratio, target, (ratio >= target ? "MET" : "MISSED")
+    }
+    $2 == "GET"                              { report("GET " $1 " P=" $3 " vs redis-server", $7, 1.0) }
+    $2 == "SET" && $1 == "fsync-always"      { report("SET fsync=always P=" $3 " vs appendfsync always", $7, 1.0) }
+    $2 == "SET" && $1 == "no-persist"        { report("SET fsync=no P=" $3 " vs redis no persistence", $7, 0.8) }
+'
+echo
+echo "CSV written to $OUT"

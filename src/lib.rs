@@ -1,0 +1,28 @@
+//! dynkv: a Dynamo-style, highly available, replicated key-value store that speaks the
+//! Redis protocol.
+//!
+//! # Layout
+//! - [`config`]: settings, defaults, the TOML file and flags, validation.
+//! - [`error`]: the library's error types.
+//! - [`shutdown`]: the one stop signal every loop takes.
+//! - [`clock`]: wall-clock time in the store's units.
+//! - [`ring`]: the partition (hash slot) of a key; later, preference lists. Pure.
+//! - [`version`]: dotted version vectors and sibling sets, and their byte format. Pure.
+//! - [`storage`]: the LMDB store (the only module that imports `heed`), group commit.
+//! - [`coordinator`]: reads and writes of keys as decisions over sibling sets.
+//! - [`resp`]: the Redis protocol: parser, replies, connections, listener, commands.
+//! - [`sweep`]: background removal of expired and deleted records.
+//! - [`node`]: a running node's shared state; [`server`] starts and stops one.
+
+pub mod clock;
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod node;
+pub mod resp;
+pub mod ring;
+pub mod server;
+pub mod shutdown;
+pub mod storage;
+pub mod sweep;
+pub mod version;

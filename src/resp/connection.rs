@@ -1,0 +1,172 @@
+//! One client connection: read bytes, parse requests, run them, write replies in order.
+//! Must not know any command's meaning beyond whether it is a write.
+//!
+//! Pipelined writes are queued without waiting for each one's commit, so a pipeline of
+//! writes lands in one group commit; before any other command runs, the replies of the
+//! queued writes are awaited, so a read always sees this connection's earlier writes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::client::{Client, ClientInfo};
+use super::cmd::{self, Ctx, Outcome};
+use super::parser::{Limits, RequestParser};
+use super::reply::Reply;
+use crate::coordinator::Pending;
+use crate::node::{Node, Stats};
+
+/// Replies are sent once this many bytes are waiting.
+const FLUSH_AT: usize = 64 * 1024;
+/// Most writes queued on one connection before their replies are awaited.
+const MAX_IN_FLIGHT: usize = 1024;
+
+enum Slot {
+    Ready(Reply),
+    Waiting(Pending<Reply>),
+}
+
+struct Conn {
+    socket: TcpStream,
+    wbuf: BytesMut,
+    queue: VecDeque<Slot>,
+    node: Arc<Node>,
+}
+
+impl Conn {
+    /// Awaits queued replies in order and encodes them.
+    async fn drain(&mut self, proto: u8) -> std::io::Result<()> {
+        while let Some(slot) = self.queue.pop_front() {
+            let reply = match slot {
+                Slot::Ready(r) => r,
+                Slot::Waiting(p) => p.await.unwrap_or_else(cmd::util::coord_error),
+            };
+            self.encode(&reply, proto);
+            if self.wbuf.len() > self.node.config.max_output_buffer {
+                return Err(std::io::Error::other(
+                    "output buffer limit reached; connection closed",
+                ));
+            }
+            if self.wbuf.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, reply: &Reply, proto: u8) {
+        if reply.is_error() {
+            Stats::add(&self.node.stats.error_replies, 1);
+        }
+        reply.encode(proto, &mut self.wbuf);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.socket.write_all(&self.wbuf).await?;
+            Stats::add(&self.node.stats.net_output_bytes, self.wbuf.len() as u64);
+            self.wbuf.clear();
+            if self.wbuf.capacity() > 4 * FLUSH_AT {
+                self.wbuf = BytesMut::with_capacity(FLUSH_AT);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves one client until it disconnects, sends bad input, asks to quit, or the node shuts down.
+pub async fn serve(node: Arc<Node>, socket: TcpStream, info: Arc<ClientInfo>) {
+    let _ = socket.set_nodelay(true);
+    let mut client = Client {
+        info,
+        proto: 2,
+        authenticated: node.config.requirepass.is_none(),
+        closing: false,
+        silent: false,
+    };
+    let limits = Limits {
+        max_bulk_len: node.config.max_bulk_len,
+        max_multibulk_len: node.config.max_multibulk_len,
+        max_inline_len: node.config.max_inline_len,
+    };
+    let mut parser = RequestParser::new(limits);
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut conn = Conn {
+        socket,
+        wbuf: BytesMut::with_capacity(16 * 1024),
+        queue: VecDeque::new(),
+        node: node.clone(),
+    };
+    let shutdown = node.shutdown.clone();
+    if let Err(e) = run(&mut conn, &mut client, &mut parser, &mut rbuf, &shutdown).await {
+        tracing::debug!(client = client.info.id, "connection ended: {e}");
+    }
+    let _ = conn.socket.shutdown().await;
+}
+
+async fn run(
+    conn: &mut Conn,
+    client: &mut Client,
+    parser: &mut RequestParser,
+    rbuf: &mut BytesMut,
+    shutdown: &crate::shutdown::Shutdown,
+) -> std::io::Result<()> {
+    loop {
+        // Run every complete request already buffered.
+        loop {
+            let args = match parser.parse(rbuf) {
+                Ok(Some(args)) => args,
+                Ok(None) => break,
+                Err(e) => {
+                    conn.drain(client.proto).await?;
+                    conn.encode(&Reply::err(e.to_string()), client.proto);
+                    conn.flush().await?;
+                    return Ok(());
+                }
+            };
+            Stats::add(&conn.node.stats.commands_processed, 1);
+            let is_write = cmd::lookup(&args[0]).is_some_and(|s| s.flags.contains(&"write"));
+            if !is_write || conn.queue.len() >= MAX_IN_FLIGHT {
+                conn.drain(client.proto).await?;
+            }
+            let node = conn.node.clone();
+            let outcome = cmd::dispatch(Ctx {
+                node: &node,
+                client: &mut *client,
+                args,
+            })
+            .await;
+            if client.silent {
+                conn.drain(client.proto).await?;
+                conn.flush().await?;
+                return Ok(());
+            }
+            conn.queue.push_back(match outcome {
+                Outcome::Now(r) => Slot::Ready(r),
+                Outcome::Later(p) => Slot::Waiting(p),
+            });
+            if client.closing {
+                conn.drain(client.proto).await?;
+                conn.flush().await?;
+                return Ok(());
+            }
+        }
+        conn.drain(client.proto).await?;
+        conn.flush().await?;
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        rbuf.reserve(parser.hint_needed().max(4096));
+        let n = tokio::select! {
+            r = conn.socket.read_buf(rbuf) => r?,
+            _ = shutdown.wait() => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        Stats::add(&conn.node.stats.net_input_bytes, n as u64);
+    }
+}

@@ -1,0 +1,206 @@
+//! Replies, and their encoding as RESP2 or RESP3 with the `redis-protocol` crate. Must not
+//! know commands: handlers build a [`Reply`], the connection encodes it for its protocol.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame as Frame2;
+use redis_protocol::resp3::types::{
+    BytesFrame as Frame3, FrameMap, FrameSet, VerbatimStringFormat,
+};
+
+/// A reply, independent of the protocol version it will be encoded in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `+OK`.
+    Ok,
+    /// A status line such as `PONG`.
+    Status(Bytes),
+    /// An error; the text starts with its code (`ERR`, `WRONGTYPE`, `NOAUTH`, ...).
+    Error(String),
+    /// An integer.
+    Int(i64),
+    /// A bulk (binary) string.
+    Bulk(Bytes),
+    /// A missing value: `$-1` in RESP2, `_` in RESP3.
+    Nil,
+    /// An array.
+    Array(Vec<Reply>),
+    /// A map: RESP3 `%`, a flat array of alternating keys and values in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// A set: RESP3 `~`, an array in RESP2.
+    Set(Vec<Reply>),
+    /// A double: RESP3 `,`, a bulk string in RESP2.
+    Double(f64),
+    /// Text for people (INFO, CLIENT INFO): RESP3 verbatim `txt`, a bulk string in RESP2.
+    Text(String),
+}
+
+impl Reply {
+    /// An error reply from text that already carries its code.
+    pub fn err(text: impl Into<String>) -> Reply {
+        Reply::Error(text.into())
+    }
+
+    /// A bulk reply from anything byte-like.
+    pub fn bulk(b: impl Into<Bytes>) -> Reply {
+        Reply::Bulk(b.into())
+    }
+
+    /// A status reply from a static string.
+    pub fn status(s: &'static str) -> Reply {
+        Reply::Status(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// A bulk reply, or nil.
+    pub fn opt_bulk(b: Option<Bytes>) -> Reply {
+        b.map(Reply::Bulk).unwrap_or(Reply::Nil)
+    }
+
+    /// Whether this is an error reply.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+
+    /// Appends the encoding of this reply for protocol version `proto` (2 or 3).
+    pub fn encode(&self, proto: u8, out: &mut BytesMut) {
+        // Encoding an in-memory frame into a growable buffer cannot fail; a failure would
+        // be a bug in the frame we built, so it is logged and the connection gets an error.
+        let res = if proto >= 3 {
+            redis_protocol::resp3::encode::complete::extend_encode(out, &self.to_resp3(), false)
+                .map(|_| ())
+        } else {
+            redis_protocol::resp2::encode::extend_encode(out, &self.to_resp2(), false).map(|_| ())
+        };
+        if let Err(e) = res {
+            tracing::error!("reply encoding failed: {e:?}");
+            out.extend_from_slice(b"-ERR internal error encoding reply\r\n");
+        }
+    }
+
+    fn to_resp2(&self) -> Frame2 {
+        match self {
+            Reply::Ok => Frame2::SimpleString(Bytes::from_static(b"OK")),
+            Reply::Status(s) => Frame2::SimpleString(s.clone()),
+            Reply::Error(e) => Frame2::Error(clean_line(e).into()),
+            Reply::Int(i) => Frame2::Integer(*i),
+            Reply::Bulk(b) => Frame2::BulkString(b.clone()),
+            Reply::Nil => Frame2::Null,
+            Reply::Array(v) | Reply::Set(v) => {
+                Frame2::Array(v.iter().map(Reply::to_resp2).collect())
+            }
+            Reply::Map(kv) => Frame2::Array(
+                kv.iter()
+                    .flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()])
+                    .collect(),
+            ),
+            Reply::Double(d) => Frame2::BulkString(Bytes::from(format_double(*d))),
+            Reply::Text(t) => Frame2::BulkString(Bytes::from(t.clone())),
+        }
+    }
+
+    fn to_resp3(&self) -> Frame3 {
+        match self {
+            Reply::Ok => Frame3::SimpleString {
+                data: Bytes::from_static(b"OK"),
+                attributes: None,
+            },
+            Reply::Status(s) => Frame3::SimpleString {
+                data: s.clone(),
+                attributes: None,
+            },
+            Reply::Error(e) => Frame3::SimpleError {
+                data: clean_line(e).into(),
+                attributes: None,
+            },
+            Reply::Int(i) => Frame3::Number {
+                data: *i,
+                attributes: None,
+            },
+            Reply::Bulk(b) => Frame3::BlobString {
+                data: b.clone(),
+                attributes: None,
+            },
+            Reply::Nil => Frame3::Null,
+            Reply::Array(v) => Frame3::Array {
+                data: v.iter().map(Reply::to_resp3).collect(),
+                attributes: None,
+            },
+            Reply::Set(v) => {
+                let mut data = FrameSet::default();
+                for r in v {
+                    data.insert(r.to_resp3());
+                }
+                Frame3::Set {
+                    data,
+                    attributes: None,
+                }
+            }
+            Reply::Map(kv) => {
+                let mut data = FrameMap::default();
+                for (k, v) in kv {
+                    data.insert(k.to_resp3(), v.to_resp3());
+                }
+                Frame3::Map {
+                    data,
+                    attributes: None,
+                }
+            }
+            Reply::Double(d) => Frame3::Double {
+                data: *d,
+                attributes: None,
+            },
+            Reply::Text(t) => Frame3::VerbatimString {
+                data: Bytes::from(t.clone()),
+                format: VerbatimStringFormat::Text,
+                attributes: None,
+            },
+        }
+    }
+}
+
+/// Error and status lines may not hold CR or LF; Redis replaces them with spaces.
+fn clean_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+/// Formats a double the way Redis prints one (`inf`, `-inf`, shortest round-trip form).
+pub fn format_double(d: f64) -> String {
+    if d.is_infinite() {
+        if d > 0.0 { "inf".into() } else { "-inf".into() }
+    } else {
+        format!("{d}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(r: Reply, proto: u8) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        r.encode(proto, &mut b);
+        b.to_vec()
+    }
+
+    #[test]
+    fn resp2_bytes() {
+        assert_eq!(enc(Reply::Ok, 2), b"+OK\r\n");
+        assert_eq!(enc(Reply::Nil, 2), b"$-1\r\n");
+        assert_eq!(enc(Reply::Int(-3), 2), b":-3\r\n");
+        assert_eq!(enc(Reply::bulk(&b"a\0b"[..]), 2), b"$3\r\na\0b\r\n");
+        assert_eq!(enc(Reply::err("ERR x\r\ny"), 2), b"-ERR x  y\r\n");
+        assert_eq!(
+            enc(Reply::Map(vec![(Reply::bulk("k"), Reply::Int(1))]), 2),
+            b"*2\r\n$1\r\nk\r\n:1\r\n"
+        );
+    }
+
+    #[test]
+    fn resp3_bytes() {
+        assert_eq!(enc(Reply::Nil, 3), b"_\r\n");
+        assert_eq!(
+            enc(Reply::Map(vec![(Reply::bulk("k"), Reply::Int(1))]), 3),
+            b"%1\r\n$1\r\nk\r\n:1\r\n"
+        );
+        assert_eq!(enc(Reply::Double(1.5), 3), b",1.5\r\n");
+    }
+}

@@ -1,0 +1,112 @@
+//! How a user key becomes an LMDB key. Must not know about values or transactions.
+//!
+//! Layout: `partition (2 bytes, big endian) | xxh3-64(key) (8 bytes, BE) | tag | rest`.
+//! The partition prefix makes each partition one contiguous range (handoff and Merkle
+//! builds are range scans); the hash orders keys inside a partition so a SCAN cursor can
+//! name a position with a plain integer. Keys up to [`INLINE_MAX`] bytes follow tag 0
+//! verbatim; longer keys (LMDB keys are limited to 511 bytes) follow tag 1 as their
+//! xxh3-128 digest, and the record keeps the full key.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+use crate::ring::partition_of;
+
+/// Longest user key stored verbatim inside the LMDB key.
+pub const INLINE_MAX: usize = 511 - HEADER;
+/// Bytes before the tag-dependent rest: partition, hash, tag.
+const HEADER: usize = 2 + 8 + 1;
+const TAG_INLINE: u8 = 0;
+const TAG_DIGEST: u8 = 1;
+
+/// The LMDB key of a user key.
+pub fn encode(key: &[u8]) -> Vec<u8> {
+    let partition = partition_of(key);
+    let mut out = Vec::with_capacity(HEADER + key.len().min(INLINE_MAX));
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&xxh3_64(key).to_be_bytes());
+    if key.len() <= INLINE_MAX {
+        out.push(TAG_INLINE);
+        out.extend_from_slice(key);
+    } else {
+        out.push(TAG_DIGEST);
+        out.extend_from_slice(&xxh3_128(key).to_be_bytes());
+    }
+    out
+}
+
+/// Whether the record stored under `key`'s LMDB key must carry the full user key.
+pub fn needs_full_key(key: &[u8]) -> bool {
+    key.len() > INLINE_MAX
+}
+
+/// The user key held inline in an LMDB key, or `None` when the key is a digest (the
+/// record then holds it) or the bytes are not a record key.
+pub fn inline_key(lmdb_key: &[u8]) -> Option<&[u8]> {
+    match lmdb_key.get(HEADER - 1) {
+        Some(&TAG_INLINE) => Some(&lmdb_key[HEADER..]),
+        _ => None,
+    }
+}
+
+/// The scan position of an LMDB key: its partition in the top 14 bits, then the top 50
+/// bits of its hash. Positions increase along LMDB key order.
+pub fn position(lmdb_key: &[u8]) -> u64 {
+    let mut p = [0u8; 2];
+    let mut h = [0u8; 8];
+    if lmdb_key.len() >= 10 {
+        p.copy_from_slice(&lmdb_key[..2]);
+        h.copy_from_slice(&lmdb_key[2..10]);
+    }
+    (u64::from(u16::from_be_bytes(p)) << 50) | (u64::from_be_bytes(h) >> 14)
+}
+
+/// The smallest LMDB key at or after scan position `pos`.
+pub fn position_start(pos: u64) -> [u8; 10] {
+    let partition = (pos >> 50) as u16;
+    let hash = (pos & ((1u64 << 50) - 1)) << 14;
+    let mut out = [0u8; 10];
+    out[..2].copy_from_slice(&partition.to_be_bytes());
+    out[2..].copy_from_slice(&hash.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_keys_are_inline_long_keys_digested() {
+        let k = encode(b"hello");
+        assert_eq!(inline_key(&k), Some(&b"hello"[..]));
+        let long = vec![b'x'; 10_000];
+        let lk = encode(&long);
+        assert!(lk.len() <= 511);
+        assert_eq!(inline_key(&lk), None);
+        assert!(needs_full_key(&long));
+        let edge = vec![b'y'; INLINE_MAX];
+        assert_eq!(encode(&edge).len(), 511);
+    }
+
+    #[test]
+    fn positions_follow_key_order() {
+        let mut keys: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| encode(format!("k{i}").as_bytes()))
+            .collect();
+        keys.sort();
+        for w in keys.windows(2) {
+            assert!(position(&w[0]) <= position(&w[1]));
+        }
+        for k in &keys {
+            let start = position_start(position(k));
+            assert!(start.as_slice() <= k.as_slice());
+        }
+    }
+
+    #[test]
+    fn empty_and_binary_keys() {
+        let k = encode(b"");
+        assert_eq!(inline_key(&k), Some(&b""[..]));
+        let b = encode(b"a\0b\r\n");
+        assert_eq!(inline_key(&b), Some(&b"a\0b\r\n"[..]));
+    }
+}

@@ -1,0 +1,355 @@
+//! The LMDB store: the only module that imports `heed`. Must not know about commands,
+//! replicas or the network: it reads and writes sibling sets under user keys.
+//!
+//! Reads run on the caller's thread in short read transactions. Writes go to one writer
+//! thread ([`writer`]) that batches concurrent writes into one transaction (group commit)
+//! and acknowledges each only after its transaction committed under the fsync setting.
+
+mod keys;
+mod record;
+mod writer;
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use heed::types::Bytes as RawBytes;
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Fsync;
+use crate::error::StoreError;
+use crate::version::SiblingSet;
+
+pub use keys::INLINE_MAX;
+pub use writer::Change;
+
+use writer::WriteOp;
+
+/// Counters the store keeps for INFO and metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Committed write transactions.
+    pub commits: AtomicU64,
+    /// Writes applied (one per key change).
+    pub writes: AtomicU64,
+    /// Largest number of operations seen in one group commit.
+    pub max_batch: AtomicU64,
+    /// Times the LMDB map was grown.
+    pub map_resizes: AtomicU64,
+    /// Failed commits (disk full, I/O errors).
+    pub failed_commits: AtomicU64,
+    /// Records removed by the expiry and tombstone sweep.
+    pub reaped: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    env: Env<WithoutTls>,
+    data: Database<RawBytes, RawBytes>,
+    meta: Database<RawBytes, RawBytes>,
+    /// Shared by read transactions, taken exclusively to resize the map (LMDB requires
+    /// that no transaction be open in the process during a resize).
+    gate: RwLock<()>,
+    map_size: AtomicUsize,
+    stats: StoreStats,
+    closed: AtomicBool,
+}
+
+/// A handle on the node's LMDB environment; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<WriteOp>,
+    threads: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// One record met by a scan.
+#[derive(Debug, Clone)]
+pub struct ScanItem {
+    /// The user key.
+    pub key: Bytes,
+    /// Its stored sibling set.
+    pub set: SiblingSet,
+}
+
+/// Figures about the environment for INFO.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvFigures {
+    /// Current map size in bytes.
+    pub map_size: usize,
+    /// Bytes of the map in use (last page number times page size).
+    pub used_bytes: usize,
+    /// Records in the data database (live or not).
+    pub records: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the environment under `dir`, starts the writer thread
+    /// and, for `fsync = everysec`, the once-a-second syncer.
+    pub fn open(dir: &Path, fsync: Fsync, initial_map_size: usize) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Lmdb(heed::Error::Io(e)))?;
+        let page = 4096usize;
+        let mut map_size = initial_map_size.div_ceil(page) * page;
+        // An existing environment may already be larger than the configured start.
+        if let Ok(meta) = std::fs::metadata(dir.join("data.mdb")) {
+            while (map_size as u64) < meta.len() {
+                map_size *= 2;
+            }
+        }
+        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+        opts.map_size(map_size).max_dbs(8).max_readers(4096);
+        if fsync != Fsync::Always {
+            // SAFETY: NO_SYNC only weakens durability, as the `fsync` setting asks; LMDB
+            // stays consistent (a crash loses the newest transactions, never corrupts).
+            unsafe {
+                opts.flags(EnvFlags::NO_SYNC);
+            }
+        }
+        // SAFETY: the environment is opened once per process (the node owns its dir).
+        let env = unsafe { opts.open(dir)? };
+        let mut wtxn = env.write_txn()?;
+        let data: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("data"))?;
+        let meta: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("meta"))?;
+        wtxn.commit()?;
+        let inner = Arc::new(Inner {
+            env,
+            data,
+            meta,
+            gate: RwLock::new(()),
+            map_size: AtomicUsize::new(map_size),
+            stats: StoreStats::default(),
+            closed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let mut threads = Vec::new();
+        let w = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("dynkv-writer".into())
+                .spawn(move || writer::run(w, rx))
+                .map_err(|e| StoreError::Lmdb(heed::Error::Io(e)))?,
+        );
+        if fsync == Fsync::Everysec {
+            let s = inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("dynkv-syncer".into())
+                    .spawn(move || {
+                        let mut ticks = 0u32;
+                        while !s.closed.load(Ordering::Acquire) {
+                            // Sync about once a second; wake often so close is not delayed.
+                            std::thread::sleep(Duration::from_millis(100));
+                            ticks += 1;
+                            if ticks % 10 == 0 {
+                                if let Err(e) = s.env.force_sync() {
+                                    tracing::error!("background fsync failed: {e}");
+                                }
+                            }
+                        }
+                    })
+                    .map_err(|e| StoreError::Lmdb(heed::Error::Io(e)))?,
+            );
+        }
+        Ok(Store {
+            inner,
+            tx,
+            threads: Arc::new(std::sync::Mutex::new(threads)),
+        })
+    }
+
+    /// This node's persistent id: read from the metadata database, or drawn at random and
+    /// stored durably the first time the data directory is used.
+    pub fn node_id(&self) -> Result<u64, StoreError> {
+        const KEY: &[u8] = b"node-id";
+        let existing = self.read(|rtxn| Ok(self.inner.meta.get(rtxn, KEY)?.map(|v| v.to_vec())))?;
+        if let Some(v) = existing {
+            let bytes: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("node-id".into()))?;
+            return Ok(u64::from_be_bytes(bytes));
+        }
+        // Called once at start, before the writer has work: a direct transaction is safe.
+        let id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let mut wtxn = self.inner.env.write_txn()?;
+        self.inner.meta.put(&mut wtxn, KEY, &id.to_be_bytes())?;
+        wtxn.commit()?;
+        self.inner.env.force_sync()?;
+        Ok(id)
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> &StoreStats {
+        &self.inner.stats
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&heed::RoTxn<'_, WithoutTls>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _gate = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+        let rtxn = self.inner.env.read_txn()?;
+        f(&rtxn)
+    }
+
+    /// The stored sibling set of `key`, if any (expired or dead sets included: callers
+    /// decide liveness with the time they read at).
+    pub fn get(&self, key: &[u8]) -> Result<Option<SiblingSet>, StoreError> {
+        let lkey = keys::encode(key);
+        self.read(|rtxn| match self.inner.data.get(rtxn, &lkey)? {
+            Some(bytes) => Ok(Some(record::decode(bytes)?.1)),
+            None => Ok(None),
+        })
+    }
+
+    /// Visits up to `budget` records from scan position `cursor` (0 = the start), in
+    /// key order, and returns them with the position to resume from (0 = the end).
+    /// A resume position never splits the records of one position, so no record present
+    /// for a whole iteration is missed and none is returned twice by one pass.
+    pub fn scan(&self, cursor: u64, budget: usize) -> Result<(u64, Vec<ScanItem>), StoreError> {
+        let start = keys::position_start(cursor);
+        self.read(|rtxn| {
+            let mut out = Vec::new();
+            let mut last_pos = None;
+            for entry in self
+                .inner
+                .data
+                .range(rtxn, &(Bound::Included(start.as_slice()), Bound::Unbounded))?
+            {
+                let (lkey, bytes) = entry?;
+                let pos = keys::position(lkey);
+                if out.len() >= budget.max(1) && last_pos != Some(pos) {
+                    return Ok((pos, out));
+                }
+                last_pos = Some(pos);
+                out.push(item(lkey, bytes)?);
+            }
+            Ok((0, out))
+        })
+    }
+
+    /// Figures about the environment for INFO.
+    pub fn figures(&self) -> Result<EnvFigures, StoreError> {
+        let info = self.inner.env.info();
+        let records = self.read(|rtxn| Ok(self.inner.data.len(rtxn)?))?;
+        Ok(EnvFigures {
+            map_size: info.map_size,
+            used_bytes: (info.last_page_number + 1) * 4096,
+            records,
+        })
+    }
+
+    /// Queues `f` to run over the current sets of `keys` inside the writer's
+    /// transaction, storing the changes it returns (one per key, in order). Returns once
+    /// the operation is queued, with a future that resolves to `f`'s result after the
+    /// transaction committed under the fsync setting. Operations apply in the order they
+    /// were queued, and each read-and-write is atomic against every other write here, so a
+    /// caller may queue several before awaiting any (pipelining into one group commit).
+    pub async fn submit_many<T, F>(
+        &self,
+        keys: Vec<Bytes>,
+        f: F,
+    ) -> Result<Committed<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Vec<Option<SiblingSet>>) -> (Vec<Change>, T) + Send + 'static,
+    {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let out = slot.clone();
+        let apply: writer::Apply = Box::new(move |sets| {
+            let (changes, result) = f(sets);
+            if let Ok(mut s) = out.lock() {
+                *s = Some(result);
+            }
+            changes
+        });
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(WriteOp::Update { keys, apply, done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Committed { wait, slot })
+    }
+
+    /// [`Store::submit_many`], then waits for the commit.
+    pub async fn update_many<T, F>(&self, keys: Vec<Bytes>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Vec<Option<SiblingSet>>) -> (Vec<Change>, T) + Send + 'static,
+    {
+        self.submit_many(keys, f).await?.wait().await
+    }
+
+    /// [`Store::update_many`] for one key.
+    pub async fn update<T, F>(&self, key: Bytes, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Option<SiblingSet>) -> (Change, T) + Send + 'static,
+    {
+        self.update_many(vec![key], move |mut sets| {
+            let (change, t) = f(sets.pop().flatten());
+            (vec![change], t)
+        })
+        .await
+    }
+
+    /// Removes every record, durably.
+    pub async fn clear(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(WriteOp::Clear { done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Finishes queued writes, stops the writer, and syncs the environment to disk.
+    /// Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(WriteOp::Close { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+        self.inner.closed.store(true, Ordering::Release);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.inner.env.force_sync()?;
+        Ok(())
+    }
+}
+
+/// A queued write: resolves once its transaction is committed.
+pub struct Committed<T> {
+    wait: oneshot::Receiver<Result<(), StoreError>>,
+    slot: Arc<std::sync::Mutex<Option<T>>>,
+}
+
+impl<T> Committed<T> {
+    /// Waits for the commit and returns the write's result.
+    pub async fn wait(self) -> Result<T, StoreError> {
+        self.wait.await.map_err(|_| StoreError::Closed)??;
+        let result = self.slot.lock().ok().and_then(|mut s| s.take());
+        result.ok_or(StoreError::Closed)
+    }
+}
+
+fn item(lkey: &[u8], bytes: &[u8]) -> Result<ScanItem, StoreError> {
+    let (full, set) = record::decode(bytes)?;
+    let key = match (keys::inline_key(lkey), full) {
+        (_, Some(k)) => k,
+        (Some(k), None) => Bytes::copy_from_slice(k),
+        (None, None) => return Err(StoreError::Corrupt("digest key without full key".into())),
+    };
+    Ok(ScanItem { key, set })
+}

@@ -1,0 +1,264 @@
+//! The single writer thread: group commit. Must not be called from anywhere but
+//! [`super::Store`]; it owns the only LMDB write transaction of the process.
+//!
+//! It takes one queued operation, then every other already queued (up to a bound), applies
+//! them in order in one transaction (each sees the ones before it), commits once, and only
+//! then acknowledges them all. When the map is full it aborts, doubles the map and replays
+//! the batch's changes, which were computed once and kept as encoded puts.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Inner, keys, record};
+use crate::error::StoreError;
+use crate::version::SiblingSet;
+
+/// Most operations folded into one transaction.
+const MAX_BATCH: usize = 1024;
+/// The map never grows past this (virtual address space is the limit, not the disk).
+const MAX_MAP_SIZE: usize = 1 << 44;
+
+/// What to do with one key's record.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Leave the record as it is.
+    Keep,
+    /// Store this sibling set.
+    Put(SiblingSet),
+    /// Delete the record.
+    Remove,
+}
+
+/// A computation over the current sets of some keys, returning one change per key.
+pub(crate) type Apply = Box<dyn FnOnce(Vec<Option<SiblingSet>>) -> Vec<Change> + Send>;
+
+pub(crate) enum WriteOp {
+    Update {
+        keys: Vec<Bytes>,
+        apply: Apply,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Clear {
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// An encoded change, kept so a batch can be replayed after the map grows.
+enum Logged {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Clear,
+}
+
+pub(crate) fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
+    while let Some(op) = rx.blocking_recv() {
+        batch.push(op);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let closing = commit_batch(&inner, &mut batch);
+        if let Some(done) = closing {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Applies and commits one batch, acknowledging each operation; returns the Close
+/// acknowledgement if the batch asked the writer to stop (operations after it are refused).
+fn commit_batch(inner: &Inner, batch: &mut Vec<WriteOp>) -> Option<oneshot::Sender<()>> {
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut close = None;
+    let result = apply_all(inner, batch, &mut acks, &mut close);
+    inner
+        .stats
+        .max_batch
+        .fetch_max(acks.len() as u64, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            for a in acks {
+                let _ = a.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            inner.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("write transaction failed: {e}");
+            for a in acks {
+                let _ = a.send(Err(clone_err(&e)));
+            }
+        }
+    }
+    close
+}
+
+fn apply_all(
+    inner: &Inner,
+    batch: &mut Vec<WriteOp>,
+    acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
+    close: &mut Option<oneshot::Sender<()>>,
+) -> Result<(), StoreError> {
+    let mut log: Vec<Logged> = Vec::new();
+    let mut wtxn = inner.env.write_txn()?;
+    for op in batch.drain(..) {
+        if close.is_some() {
+            // Writes queued behind Close are refused, never half-applied.
+            if let WriteOp::Update { done, .. } | WriteOp::Clear { done } = op {
+                let _ = done.send(Err(StoreError::Closed));
+            }
+            continue;
+        }
+        match op {
+            WriteOp::Close { done } => *close = Some(done),
+            WriteOp::Clear { done } => {
+                acks.push(done);
+                log.push(Logged::Clear);
+                wtxn = replay_on_full(inner, wtxn, &log)?;
+            }
+            WriteOp::Update {
+                keys: ks,
+                apply,
+                done,
+            } => {
+                let mut lkeys = Vec::with_capacity(ks.len());
+                let mut sets = Vec::with_capacity(ks.len());
+                let mut failed = None;
+                for k in &ks {
+                    let lk = keys::encode(k);
+                    match inner.data.get(&wtxn, &lk) {
+                        Ok(Some(bytes)) => match record::decode(bytes) {
+                            Ok((_, set)) => sets.push(Some(set)),
+                            Err(e) => failed = Some(e),
+                        },
+                        Ok(None) => sets.push(None),
+                        Err(e) => failed = Some(e.into()),
+                    }
+                    lkeys.push(lk);
+                }
+                if let Some(e) = failed {
+                    // One unreadable record fails its own operation, not the batch.
+                    let _ = done.send(Err(e));
+                    continue;
+                }
+                let changes = apply(sets);
+                for ((k, lk), change) in ks.iter().zip(lkeys).zip(changes) {
+                    match change {
+                        Change::Keep => continue,
+                        Change::Put(set) => {
+                            let full = keys::needs_full_key(k).then_some(&k[..]);
+                            log.push(Logged::Put(lk, record::encode(full, &set)));
+                        }
+                        Change::Remove => log.push(Logged::Delete(lk)),
+                    }
+                    inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    wtxn = replay_on_full(inner, wtxn, &log)?;
+                }
+                acks.push(done);
+            }
+        }
+    }
+    if log.is_empty() {
+        wtxn.abort();
+        return Ok(());
+    }
+    loop {
+        match wtxn.commit() {
+            Ok(()) => {
+                inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(heed::Error::Mdb(heed::MdbError::MapFull)) => wtxn = grow_and_replay(inner, &log)?,
+            Err(e) => return Err(map_err(e)),
+        }
+    }
+}
+
+/// Applies the newest logged change; if the map is full, grows it and replays the log.
+fn replay_on_full<'e>(
+    inner: &'e Inner,
+    mut wtxn: heed::RwTxn<'e>,
+    log: &[Logged],
+) -> Result<heed::RwTxn<'e>, StoreError> {
+    let Some(last) = log.last() else {
+        return Ok(wtxn);
+    };
+    match apply_logged(inner, &mut wtxn, last) {
+        Ok(()) => Ok(wtxn),
+        Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
+            wtxn.abort();
+            grow_and_replay(inner, log)
+        }
+        Err(e) => Err(map_err(e)),
+    }
+}
+
+/// Grows the map and replays `log` into a fresh transaction, growing again until it fits.
+fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<heed::RwTxn<'e>, StoreError> {
+    'grow: loop {
+        grow(inner)?;
+        let mut wtxn = inner.env.write_txn()?;
+        for l in log {
+            match apply_logged(inner, &mut wtxn, l) {
+                Ok(()) => {}
+                Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
+                    wtxn.abort();
+                    continue 'grow;
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        return Ok(wtxn);
+    }
+}
+
+fn apply_logged(inner: &Inner, wtxn: &mut heed::RwTxn<'_>, l: &Logged) -> Result<(), heed::Error> {
+    match l {
+        Logged::Put(k, v) => inner.data.put(wtxn, k, v),
+        Logged::Delete(k) => inner.data.delete(wtxn, k).map(|_| ()),
+        Logged::Clear => inner.data.clear(wtxn),
+    }
+}
+
+/// Doubles the map. Waits for every read transaction to end (LMDB requires that none be
+/// open) by taking the read gate exclusively.
+fn grow(inner: &Inner) -> Result<(), StoreError> {
+    let _gate = inner.gate.write().unwrap_or_else(|p| p.into_inner());
+    let new_size = inner.map_size.load(Ordering::Acquire).saturating_mul(2);
+    if new_size > MAX_MAP_SIZE {
+        return Err(StoreError::DiskFull);
+    }
+    // SAFETY: no transaction is open: readers are excluded by the gate and this thread is
+    // the only writer, and it has aborted its transaction before calling.
+    unsafe { inner.env.resize(new_size)? };
+    inner.map_size.store(new_size, Ordering::Release);
+    inner.stats.map_resizes.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(new_size, "LMDB map grown");
+    Ok(())
+}
+
+fn map_err(e: heed::Error) -> StoreError {
+    match &e {
+        heed::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => StoreError::DiskFull,
+        heed::Error::Mdb(heed::MdbError::Other(code)) if *code == libc::ENOSPC => {
+            StoreError::DiskFull
+        }
+        _ => StoreError::Lmdb(e),
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::DiskFull => StoreError::DiskFull,
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Corrupt(other.to_string()),
+    }
+}
