@@ -558,6 +558,12 @@ ERROR_CASES = [
         (("SELECT", "x"), "value is not an integer or out of range"),
         (("CLIENT", "NOSUCHSUB"),
          "unknown subcommand 'NOSUCHSUB'. Try CLIENT HELP."),
+        (("CLIENT", "GETNAME", "x"), "wrong number of arguments for 'client|getname' command"),
+        (("CLIENT", "SETNAME"), "wrong number of arguments for 'client|setname' command"),
+        (("CONFIG", "GET"), "wrong number of arguments for 'config|get' command"),
+        (("CONFIG", "FOO"), "unknown subcommand 'FOO'. Try CONFIG HELP."),
+        (("COMMAND", "FOO"), "unknown subcommand 'FOO'. Try COMMAND HELP."),
+        (("COMMAND", "COUNT", "x"), "wrong number of arguments for 'command|count' command"),
 ]
 
 
@@ -643,6 +649,38 @@ def test_auth(auth_server):
         assert cmd("AUTH", "default", s.password) == b"+OK\r\n"
     for cl in (c, bad, good, g3, n3):
         cl.close()
+
+
+def test_auth_default_user_without_password(server):
+    # With no requirepass the default user is "nopass": AUTH default <anything> and
+    # HELLO ... AUTH default <anything> succeed (only the one-argument AUTH errors).
+    c = redis.Redis(host=server.host, port=server.port, protocol=2, single_connection_client=True)
+    with pytest.raises(ResponseError) as ei:
+        c.execute_command("AUTH", "whatever")
+    assert err_text(ei) == ("AUTH <password> called without any password configured for the "
+                            "default user. Are you sure your configuration is correct?")
+    assert c.execute_command("AUTH", "default", "whatever") is True
+    c.close()
+    # what redis-py does when given username/password (RESP2: AUTH, RESP3: HELLO 3 AUTH)
+    u2 = redis.Redis(host=server.host, port=server.port, protocol=2,
+                     username="default", password="whatever")
+    assert u2.ping() is True
+    u3 = redis.Redis(host=server.host, port=server.port, protocol=3,
+                     username="default", password="whatever")
+    assert u3.ping() is True
+    u2.close()
+    u3.close()
+
+
+def test_mset_over_one_million_args(r):
+    # Redis accepts multibulk lengths above 1024*1024 from authenticated clients
+    n = 600_000  # 1,200,001 arguments
+    args = []
+    for i in range(n):
+        args += [b"big:%d" % i, b"v"]
+    assert r.execute_command("MSET", *args) is True
+    assert r.dbsize() == n
+    assert r.get("big:599999") == b"v"
 
 
 # ---------------------------------------------------------------- siblings
