@@ -10,11 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use dynkv::version::{NewSibling, SiblingSet, VersionVector};
 
 /// Realistic node ids and a microsecond wall clock used as counter floor.
-const NODES: [u64; 3] = [
-    0x1f2e_3d4c_5b6a_7988,
-    0x0102_0304_0506_0708,
-    0x7fff_0000_1234_5678,
-];
+const NODES: [u64; 3] = [0x1f2e_3d4c_5b6a_7988, 0x0102_0304_0506_0708, 0x7fff_0000_1234_5678];
 const NOW_US: u64 = 1_700_000_000_000_000;
 const NOW_MS: u64 = NOW_US / 1000;
 
@@ -42,12 +38,7 @@ fn three_node_single(offset: u64) -> SiblingSet {
 fn three_concurrent(offset: u64) -> SiblingSet {
     let mut s = SiblingSet::new();
     for (i, &n) in NODES.iter().enumerate() {
-        s.write(
-            &VersionVector::new(),
-            n,
-            NOW_US + offset + i as u64,
-            payload(16),
-        );
+        s.write(&VersionVector::new(), n, NOW_US + offset + i as u64, payload(16));
     }
     s
 }

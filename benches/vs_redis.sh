@@ -13,6 +13,8 @@
 #                   benches/vs_redis.sh
 #   BENCH_N     requests per redis-benchmark run (default: 100000 for -P 1, 200000 for -P 16)
 #   BENCH_CLIENTS  concurrent connections (default 50)
+#   BENCH_REPEAT  runs per cell; the median-rps run is reported (default 1)
+#   TMPDIR      where the temporary data dirs go (use a real disk for fsync numbers)
 #   BENCH_OUT   CSV output path (default: <repo>/benches/results/vs_redis.csv)
 #
 # Scenarios:
@@ -33,6 +35,7 @@ N_P16="${BENCH_N:-200000}"
 OUT="${BENCH_OUT:-$REPO_ROOT/benches/results/vs_redis.csv}"
 HOST=127.0.0.1
 RUN_TIMEOUT="${BENCH_TIMEOUT:-900}"
+REPEAT="${BENCH_REPEAT:-1}"
 
 die() { echo "error: $*" >&2; exit 1; }
 
@@ -107,8 +110,18 @@ start_dynkv() {  # PORT DIR fsync(no|always)
     wait_ready "$STARTED_PID" "$port" "$log"
 }
 
-# bench PORT PIPELINE N -> prints CSV rows "TEST,rps,p50,p99" (SET and GET)
+# bench PORT PIPELINE N -> prints CSV rows "TEST,rps,p50,p99" (SET and GET);
+# with BENCH_REPEAT=k runs k times and keeps, per test, the run with the median rps.
 bench() {
+    local all="" i
+    for i in $(seq 1 "$REPEAT"); do all+="$(bench_once "$@")"$'\n'; done
+    local t
+    for t in SET GET; do
+        grep "^$t," <<<"$all" | sort -t, -k2,2g | awk -v k="$REPEAT" 'NR == int((k + 1) / 2)'
+    done
+}
+
+bench_once() {
     local port="$1" pipeline="$2" n="$3" raw
     raw="$(timeout "$RUN_TIMEOUT" redis-benchmark -h "$HOST" -p "$port" -t set,get -n "$n" \
         -c "$CLIENTS" -P "$pipeline" --csv 2>&1)" || {
@@ -170,6 +183,7 @@ run_cluster_row() {
 }
 
 echo "# dynkv vs redis-server: $(redis-benchmark --version 2>/dev/null | head -n1), $(redis-server --version | awk '{print $3}')" >&2
+echo "# data dirs under $TMP_ROOT ($(df -PT "$TMP_ROOT" | awk 'NR == 2 {print $2 " on " $1}'))" >&2
 echo "# host: $(uname -srm), $(nproc 2>/dev/null || echo ?) cores, clients=$CLIENTS, date=$(date -u +%FT%TZ)" >&2
 if [[ -n "$DYNKV_CMD" ]]; then echo "# dynkv side: DYNKV_CMD override ($DYNKV_CMD)" >&2
 else echo "# dynkv side: $DYNKV_BIN" >&2; fi
@@ -193,7 +207,7 @@ echo
 echo "Targets (reported, not asserted):"
 printf '%s\n' "${ROWS[@]}" | awk -F, '
     function report(label, ratio, target) {
-        printf "  %-46s %5.2fx  target >= %.1fx  %s\n", label, ratio, target, (ratio >= target ? "MET" : "MISSED")
+        printf "  %-46s %6.3fx  target >= %.1fx  %s\n", label, ratio, target, (ratio >= target ? "MET" : "MISSED")
     }
     $2 == "GET"                              { report("GET " $1 " P=" $3 " vs redis-server", $7, 1.0) }
     $2 == "SET" && $1 == "fsync-always"      { report("SET fsync=always P=" $3 " vs appendfsync always", $7, 1.0) }

@@ -310,6 +310,8 @@ expect "wrong arity get" "(error) ERR wrong number of arguments for 'get' comman
 expect "wrong arity set" "(error) ERR wrong number of arguments for 'set' command" "$(n set onlykey)"
 expect "wrong arity get (extra arg)" "(error) ERR wrong number of arguments for 'get' command" "$(n get a b)"
 expect "set syntax error" "(error) ERR syntax error" "$(n set k v bogus)"
+expect "unknown subcommand" "(error) ERR unknown subcommand 'foo'. Try COMMAND HELP." "$(n command foo)"
+expect "subcommand arity" "(error) ERR wrong number of arguments for 'client|getname' command" "$(n client getname x)"
 expect "set ex non-integer" "(error) ERR value is not an integer or out of range" "$(n set k v ex abc)"
 out="$(n incr counter)"
 if [[ "$out" == "(error) ERR"* && "${out,,}" == *"not supported"* ]]; then ok "incr is reported as not supported"
@@ -361,6 +363,7 @@ expect "auth then commands in one session" $'OK\nOK\n"v"' "$(printf 'AUTH s3cret
 expect "auth wrong then right" $'(error) WRONGPASS invalid username-password pair or user is disabled.\nOK\n"v"' \
     "$(printf 'AUTH nope\nAUTH s3cret\nGET k\n' | a)"
 expect "redis-cli -a" '"v"' "$(timeout "$CLI_TIMEOUT" redis-cli -h "$HOST" -p "$APORT" --no-raw --no-auth-warning -a s3cret get k 2>&1 || true)"
+expect "auth default user without password is accepted (nopass)" "OK" "$(n auth default anything)"
 expect "auth on server without password" \
     "(error) ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?" \
     "$(n auth foo)"

@@ -655,7 +655,7 @@ def test_auth_default_user_without_password(server):
     # With no requirepass the default user is "nopass": AUTH default <anything> and
     # HELLO ... AUTH default <anything> succeed (only the one-argument AUTH errors).
     c = redis.Redis(host=server.host, port=server.port, protocol=2, single_connection_client=True)
-    with pytest.raises(ResponseError) as ei:
+    with pytest.raises(AuthenticationError) as ei:  # redis-py maps this error text
         c.execute_command("AUTH", "whatever")
     assert err_text(ei) == ("AUTH <password> called without any password configured for the "
                             "default user. Are you sure your configuration is correct?")

@@ -60,6 +60,8 @@ pub struct Config {
     pub expire_sweep_interval_ms: u64,
     /// Seconds a dead record (tombstone or expired value) is kept before it is reaped.
     pub tombstone_grace_secs: u64,
+    /// Threads that run connections and commands (the LMDB writer has its own).
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             expire_sweep_keys: 1000,
             expire_sweep_interval_ms: 100,
             tombstone_grace_secs: 3600,
+            threads: default_threads(),
         }
     }
 }
@@ -130,6 +133,7 @@ pub struct FileConfig {
     expire_sweep_keys: Option<usize>,
     expire_sweep_interval_ms: Option<u64>,
     tombstone_grace_secs: Option<u64>,
+    threads: Option<usize>,
 }
 
 /// The flags of `dynkv server`; each overrides the config file.
@@ -162,6 +166,9 @@ pub struct ServerArgs {
     /// Initial LMDB map size in bytes (it grows when full).
     #[arg(long)]
     pub initial_map_size: Option<usize>,
+    /// Threads for connections and commands (default: half the cores, at least 1).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl Config {
@@ -193,7 +200,8 @@ impl Config {
             initial_map_size,
             expire_sweep_keys,
             expire_sweep_interval_ms,
-            tombstone_grace_secs
+            tombstone_grace_secs,
+            threads
         );
         if f.requirepass.is_some() {
             self.requirepass = f.requirepass.clone();
@@ -211,7 +219,8 @@ impl Config {
             fsync,
             max_clients,
             max_bulk_len,
-            initial_map_size
+            initial_map_size,
+            threads
         );
         if a.requirepass.is_some() {
             self.requirepass = a.requirepass.clone();
@@ -244,11 +253,23 @@ impl Config {
         if self.expire_sweep_keys == 0 || self.expire_sweep_interval_ms == 0 {
             return bad("expire-sweep", "keys and interval must be positive");
         }
+        if self.threads == 0 || self.threads > 1024 {
+            return bad("threads", "must be between 1 and 1024");
+        }
         if matches!(&self.requirepass, Some(p) if p.is_empty()) {
             return bad("requirepass", "must not be empty");
         }
         Ok(())
     }
+}
+
+/// Half the cores, at least one: the other half is left to the LMDB writer thread, the
+/// kernel's network stack and anything co-located (a benchmark client, a sidecar).
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -270,8 +291,7 @@ mod tests {
     fn flags_override_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dynkv.toml");
-        std::fs::write(&path, "port = 7000\nbind = \"127.0.0.2\"\nfsync = \"no\"\n")
-            .expect("write");
+        std::fs::write(&path, "port = 7000\nbind = \"127.0.0.2\"\nfsync = \"no\"\n").expect("write");
         let args = ServerArgs {
             config: Some(path),
             port: Some(7001),
@@ -293,9 +313,6 @@ mod tests {
             config: Some(path),
             ..Default::default()
         };
-        assert!(matches!(
-            Config::load(&args),
-            Err(ConfigError::Parse { .. })
-        ));
+        assert!(matches!(Config::load(&args), Err(ConfigError::Parse { .. })));
     }
 }

@@ -15,6 +15,9 @@ pub enum StoreError {
     /// A stored record could not be decoded (never expected; the record is left untouched).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A write transaction failed; nothing of it was applied.
+    #[error("{0}")]
+    Failed(String),
     /// The store is shutting down and takes no more writes.
     #[error("store is shutting down")]
     Closed,

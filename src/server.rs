@@ -39,12 +39,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     let node_id = store.node_id()?;
     let coord = Coordinator::new(node_id, store.clone());
     let addr = format!("{}:{}", config.bind, config.port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
+    let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
@@ -57,8 +55,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         config.tombstone_grace_secs.saturating_mul(1000),
     ));
     let node = Arc::new(Node::new(config, coord, shutdown.clone()));
-    node.bound_port
-        .store(u64::from(local.port()), Ordering::Relaxed);
+    node.bound_port.store(u64::from(local.port()), Ordering::Relaxed);
     tracing::info!(
         node_id = format!("{node_id:016x}"),
         "dynkv listening on {local}, data in {}, fsync {}",

@@ -29,13 +29,7 @@ pub fn dead_since(set: &SiblingSet) -> u64 {
 
 /// Runs the sweep until shutdown: every `interval`, examines up to `budget` records and
 /// removes those dead for at least `grace_ms`.
-pub async fn run(
-    coord: Coordinator,
-    shutdown: Shutdown,
-    interval: Duration,
-    budget: usize,
-    grace_ms: u64,
-) {
+pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, budget: usize, grace_ms: u64) {
     let mut cursor = 0u64;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,9 +65,7 @@ pub async fn run(
                 let changes = sets
                     .iter()
                     .map(|s| match s {
-                        Some(s)
-                            if s.is_dead(now) && dead_since(s).saturating_add(grace_ms) <= now =>
-                        {
+                        Some(s) if s.is_dead(now) && dead_since(s).saturating_add(grace_ms) <= now => {
                             counter.fetch_add(1, Ordering::Relaxed);
                             Change::Remove
                         }

@@ -118,11 +118,7 @@ impl Coordinator {
     }
 
     /// [`Coordinator::submit`] over several keys, decided together atomically on this node.
-    pub async fn submit_many<T, F>(
-        &self,
-        keys: Vec<Bytes>,
-        decide: F,
-    ) -> Result<Pending<T>, CoordError>
+    pub async fn submit_many<T, F>(&self, keys: Vec<Bytes>, decide: F) -> Result<Pending<T>, CoordError>
     where
         T: Send + 'static,
         F: FnOnce(&[Option<SiblingSet>], u64) -> (Vec<Decision>, T) + Send + 'static,
@@ -154,11 +150,7 @@ impl Coordinator {
     }
 
     /// Up to `count` records from scan position `cursor`, and where to resume (0: done).
-    pub async fn scan(
-        &self,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<ScanItem>), CoordError> {
+    pub async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<ScanItem>), CoordError> {
         Ok(self.store.scan(cursor, count)?)
     }
 

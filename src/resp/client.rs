@@ -23,8 +23,8 @@ pub struct ClientInfo {
     pub name: Mutex<Bytes>,
     /// Library name and version from CLIENT SETINFO.
     pub lib: Mutex<(String, String)>,
-    /// Last command's name.
-    pub last_cmd: Mutex<String>,
+    /// Last command's name (a static command name; "NULL" before the first).
+    pub last_cmd: Mutex<&'static str>,
     /// Milliseconds since `created` of the last command.
     pub last_active_ms: AtomicU64,
     /// Protocol version in use.
@@ -41,7 +41,7 @@ impl ClientInfo {
             created: Instant::now(),
             name: Mutex::new(Bytes::new()),
             lib: Mutex::new((String::new(), String::new())),
-            last_cmd: Mutex::new("NULL".into()),
+            last_cmd: Mutex::new("NULL"),
             last_active_ms: AtomicU64::new(0),
             resp: AtomicU64::new(2),
         }
@@ -62,10 +62,10 @@ impl ClientInfo {
     /// The line CLIENT LIST and CLIENT INFO print, in Redis's field order.
     pub fn line(&self) -> String {
         let age = self.created.elapsed().as_secs();
-        let idle_ms = (self.created.elapsed().as_millis() as u64)
-            .saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
+        let idle_ms =
+            (self.created.elapsed().as_millis() as u64).saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
         let (lib_name, lib_ver) = self.lib.lock().map(|l| l.clone()).unwrap_or_default();
-        let cmd = self.last_cmd.lock().map(|c| c.clone()).unwrap_or_default();
+        let cmd = self.last_cmd.lock().map(|c| *c).unwrap_or_default();
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
@@ -99,14 +99,12 @@ pub struct Client {
 
 impl Client {
     /// Records that a command ran now.
-    pub fn touch(&self, cmd: &str) {
-        self.info.last_active_ms.store(
-            self.info.created.elapsed().as_millis() as u64,
-            Ordering::Relaxed,
-        );
+    pub fn touch(&self, cmd: &'static str) {
+        self.info
+            .last_active_ms
+            .store(self.info.created.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Ok(mut c) = self.info.last_cmd.lock() {
-            c.clear();
-            c.push_str(cmd);
+            *c = cmd;
         }
     }
 }

@@ -46,9 +46,7 @@ impl Conn {
             };
             self.encode(&reply, proto);
             if self.wbuf.len() > self.node.config.max_output_buffer {
-                return Err(std::io::Error::other(
-                    "output buffer limit reached; connection closed",
-                ));
+                return Err(std::io::Error::other("output buffer limit reached; connection closed"));
             }
             if self.wbuf.len() >= FLUSH_AT {
                 self.flush().await?;

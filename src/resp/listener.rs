@@ -46,9 +46,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
         Stats::add(&node.stats.connections_received, 1);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             Stats::add(&node.stats.rejected_connections, 1);
-            let _ = socket
-                .write_all(b"-ERR max number of clients reached\r\n")
-                .await;
+            let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
             continue;
         };
         let id = node.next_client_id.fetch_add(1, Ordering::Relaxed);
@@ -67,10 +65,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
         });
     }
     drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
         conns.abort_all();

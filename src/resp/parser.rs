@@ -267,11 +267,8 @@ impl RequestParser {
                     if first != b'$' {
                         return Err(ParseError::ExpectedDollar(first));
                     }
-                    let Some(len) = self.header_number(
-                        buf,
-                        ParseError::TooBigBulkCountString,
-                        ParseError::InvalidBulkLength,
-                    )?
+                    let Some(len) =
+                        self.header_number(buf, ParseError::TooBigBulkCountString, ParseError::InvalidBulkLength)?
                     else {
                         return Ok(None);
                     };
@@ -552,11 +549,7 @@ mod tests {
         parse_chunked_with(input, sizes, Limits::default())
     }
 
-    fn parse_chunked_with(
-        input: &[u8],
-        sizes: &[usize],
-        limits: Limits,
-    ) -> Result<Vec<Vec<Vec<u8>>>, ParseError> {
+    fn parse_chunked_with(input: &[u8], sizes: &[usize], limits: Limits) -> Result<Vec<Vec<Vec<u8>>>, ParseError> {
         let mut parser = RequestParser::new(limits);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
@@ -592,10 +585,7 @@ mod tests {
         let mut p = RequestParser::default();
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
         let r = p.parse(&mut buf).unwrap().unwrap();
-        assert_eq!(
-            r,
-            vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")]
-        );
+        assert_eq!(r, vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")]);
         assert!(buf.is_empty());
         assert_eq!(p.parse(&mut buf).unwrap(), None);
     }
@@ -611,10 +601,7 @@ mod tests {
         assert_eq!(p.hint_needed(), 1);
         buf.extend_from_slice(b"\n*1\r\n");
         let r = p.parse(&mut buf).unwrap().unwrap();
-        assert_eq!(
-            r,
-            vec![Bytes::from_static(b"GET"), Bytes::from_static(b"abcde")]
-        );
+        assert_eq!(r, vec![Bytes::from_static(b"GET"), Bytes::from_static(b"abcde")]);
         assert_eq!(&buf[..], b"*1\r\n");
         assert_eq!(p.hint_needed(), 0);
     }
@@ -640,7 +627,8 @@ mod tests {
 
     #[test]
     fn pipelined_and_empty_requests() {
-        let input = b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n\r\n\n   \r\nPING\r\n*-5\r\n*2\r\n$4\r\nECHO\r\n$0\r\n\r\nECHO x\n";
+        let input =
+            b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n\r\n\n   \r\nPING\r\n*-5\r\n*2\r\n$4\r\nECHO\r\n$0\r\n\r\nECHO x\n";
         let got = parse_all(input).unwrap();
         assert_eq!(
             got,
@@ -663,24 +651,15 @@ mod tests {
 
     #[test]
     fn binary_payloads() {
-        let payload: Vec<u8> = (0u8..=255)
-            .chain(b"\r\n\r\n\0\0*1\r\n".iter().copied())
-            .collect();
+        let payload: Vec<u8> = (0u8..=255).chain(b"\r\n\r\n\0\0*1\r\n".iter().copied()).collect();
         let input = encode(&[b"SET".to_vec(), b"k\0\r\n".to_vec(), payload.clone()]);
         let got = parse_all(&input).unwrap();
-        assert_eq!(
-            got,
-            vec![vec![b"SET".to_vec(), b"k\0\r\n".to_vec(), payload]]
-        );
+        assert_eq!(got, vec![vec![b"SET".to_vec(), b"k\0\r\n".to_vec(), payload]]);
     }
 
     fn pipelined_sample() -> Vec<u8> {
         let mut input = Vec::new();
-        input.extend_from_slice(&encode(&[
-            b"SET".to_vec(),
-            b"key".to_vec(),
-            vec![b'v'; 300],
-        ]));
+        input.extend_from_slice(&encode(&[b"SET".to_vec(), b"key".to_vec(), vec![b'v'; 300]]));
         input.extend_from_slice(b"*0\r\n");
         input.extend_from_slice(b"GET \"a b\" 'c\\'d'\r\n");
         input.extend_from_slice(&encode(&[b"GET".to_vec(), b"\r\n\0".to_vec()]));
@@ -735,11 +714,7 @@ mod tests {
         for input in cases {
             let expected = err_of(input);
             for k in 1..input.len() {
-                assert_eq!(
-                    parse_chunked(input, &[k]),
-                    Err(expected),
-                    "{input:?} in chunks of {k}"
-                );
+                assert_eq!(parse_chunked(input, &[k]), Err(expected), "{input:?} in chunks of {k}");
             }
         }
     }
@@ -758,21 +733,14 @@ mod tests {
             b"*9223372036854775808\r\n",
             b"*1\rx",
         ] {
-            assert_eq!(
-                err_of(input),
-                ParseError::InvalidMultibulkLength,
-                "{input:?}"
-            );
+            assert_eq!(err_of(input), ParseError::InvalidMultibulkLength, "{input:?}");
         }
         assert_eq!(
             ParseError::InvalidMultibulkLength.to_string(),
             "ERR Protocol error: invalid multibulk length"
         );
         // The limit itself is accepted (it just waits for the elements).
-        assert_eq!(
-            parse_all(b"*1048576\r\n").unwrap(),
-            Vec::<Vec<Vec<u8>>>::new()
-        );
+        assert_eq!(parse_all(b"*1048576\r\n").unwrap(), Vec::<Vec<Vec<u8>>>::new());
     }
 
     #[test]
@@ -893,11 +861,7 @@ mod tests {
             b"*1\r\n$3\r\nfooo\r\n",
             b"*1\r\n$0\r\nX",
         ] {
-            assert_eq!(
-                err_of(input),
-                ParseError::ExpectedCrlfAfterBulk,
-                "{input:?}"
-            );
+            assert_eq!(err_of(input), ParseError::ExpectedCrlfAfterBulk, "{input:?}");
         }
         assert_eq!(
             ParseError::ExpectedCrlfAfterBulk.to_string(),
@@ -908,10 +872,7 @@ mod tests {
     #[test]
     fn inline_quoting() {
         let cases: Vec<(&[u8], Vec<Vec<u8>>)> = vec![
-            (
-                b"SET k \"hello world\"\r\n",
-                req(&[b"SET", b"k", b"hello world"]),
-            ),
+            (b"SET k \"hello world\"\r\n", req(&[b"SET", b"k", b"hello world"])),
             (b"  a   b\t\tc  \n", req(&[b"a", b"b", b"c"])),
             (
                 b"\"\\n\\r\\t\\b\\a\\\\\\\"\\x41\\x4a\\xzz\\q\"\n",
@@ -953,14 +914,8 @@ mod tests {
         assert_eq!(run(b"*3\r\n"), Err(ParseError::InvalidMultibulkLength));
         assert_eq!(run(b"12345678\n").unwrap(), vec![req(&[b"12345678"])]);
         assert_eq!(run(b"123456789\n"), Err(ParseError::TooBigInlineRequest));
-        assert_eq!(
-            run(b"*00000000\r\n"),
-            Err(ParseError::TooBigMultibulkCountString)
-        );
-        assert_eq!(
-            run(b"*0000000\r\n"),
-            Err(ParseError::InvalidMultibulkLength)
-        );
+        assert_eq!(run(b"*00000000\r\n"), Err(ParseError::TooBigMultibulkCountString));
+        assert_eq!(run(b"*0000000\r\n"), Err(ParseError::InvalidMultibulkLength));
     }
 
     #[test]
@@ -969,10 +924,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"*2\r\n$1\r\na\r\nx"[..]);
         assert_eq!(p.parse(&mut buf), Err(ParseError::ExpectedDollar(b'x')));
         let mut buf = BytesMut::from(&b"*1\r\n$1\r\nb\r\n"[..]);
-        assert_eq!(
-            p.parse(&mut buf).unwrap().unwrap(),
-            vec![Bytes::from_static(b"b")]
-        );
+        assert_eq!(p.parse(&mut buf).unwrap().unwrap(), vec![Bytes::from_static(b"b")]);
     }
 
     #[test]

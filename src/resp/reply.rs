@@ -3,9 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Frame2;
-use redis_protocol::resp3::types::{
-    BytesFrame as Frame3, FrameMap, FrameSet, VerbatimStringFormat,
-};
+use redis_protocol::resp3::types::{BytesFrame as Frame3, FrameMap, FrameSet, VerbatimStringFormat};
 
 /// A reply, independent of the protocol version it will be encoded in.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +63,7 @@ impl Reply {
         // Encoding an in-memory frame into a growable buffer cannot fail; a failure would
         // be a bug in the frame we built, so it is logged and the connection gets an error.
         let res = if proto >= 3 {
-            redis_protocol::resp3::encode::complete::extend_encode(out, &self.to_resp3(), false)
-                .map(|_| ())
+            redis_protocol::resp3::encode::complete::extend_encode(out, &self.to_resp3(), false).map(|_| ())
         } else {
             redis_protocol::resp2::encode::extend_encode(out, &self.to_resp2(), false).map(|_| ())
         };
@@ -84,14 +81,8 @@ impl Reply {
             Reply::Int(i) => Frame2::Integer(*i),
             Reply::Bulk(b) => Frame2::BulkString(b.clone()),
             Reply::Nil => Frame2::Null,
-            Reply::Array(v) | Reply::Set(v) => {
-                Frame2::Array(v.iter().map(Reply::to_resp2).collect())
-            }
-            Reply::Map(kv) => Frame2::Array(
-                kv.iter()
-                    .flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()])
-                    .collect(),
-            ),
+            Reply::Array(v) | Reply::Set(v) => Frame2::Array(v.iter().map(Reply::to_resp2).collect()),
+            Reply::Map(kv) => Frame2::Array(kv.iter().flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()]).collect()),
             Reply::Double(d) => Frame2::BulkString(Bytes::from(format_double(*d))),
             Reply::Text(t) => Frame2::BulkString(Bytes::from(t.clone())),
         }
@@ -129,20 +120,14 @@ impl Reply {
                 for r in v {
                     data.insert(r.to_resp3());
                 }
-                Frame3::Set {
-                    data,
-                    attributes: None,
-                }
+                Frame3::Set { data, attributes: None }
             }
             Reply::Map(kv) => {
                 let mut data = FrameMap::default();
                 for (k, v) in kv {
                     data.insert(k.to_resp3(), v.to_resp3());
                 }
-                Frame3::Map {
-                    data,
-                    attributes: None,
-                }
+                Frame3::Map { data, attributes: None }
             }
             Reply::Double(d) => Frame3::Double {
                 data: *d,

@@ -29,10 +29,7 @@ mod tests {
     #[test]
     fn crc16_vector_from_the_cluster_spec() {
         // The Redis Cluster specification gives CRC16("123456789") = 0x31C3.
-        assert_eq!(
-            crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
-            0x31C3
-        );
+        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"123456789"), 0x31C3);
     }
 
     #[test]
@@ -45,14 +42,8 @@ mod tests {
 
     #[test]
     fn hash_tags() {
-        assert_eq!(
-            partition_of(b"{user1000}.following"),
-            partition_of(b"user1000")
-        );
-        assert_eq!(
-            partition_of(b"{user1000}.followers"),
-            partition_of(b"user1000")
-        );
+        assert_eq!(partition_of(b"{user1000}.following"), partition_of(b"user1000"));
+        assert_eq!(partition_of(b"{user1000}.followers"), partition_of(b"user1000"));
         assert_eq!(hashtag(b"foo{}{bar}"), b"foo{}{bar}");
         assert_eq!(hashtag(b"foo{{bar}}zap"), b"{bar");
         assert_eq!(hashtag(b"foo{bar}{zap}"), b"bar");

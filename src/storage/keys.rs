@@ -89,9 +89,7 @@ mod tests {
 
     #[test]
     fn positions_follow_key_order() {
-        let mut keys: Vec<Vec<u8>> = (0..2000u32)
-            .map(|i| encode(format!("k{i}").as_bytes()))
-            .collect();
+        let mut keys: Vec<Vec<u8>> = (0..2000u32).map(|i| encode(format!("k{i}").as_bytes())).collect();
         keys.sort();
         for w in keys.windows(2) {
             assert!(position(&w[0]) <= position(&w[1]));

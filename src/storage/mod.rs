@@ -127,12 +127,17 @@ impl Store {
         let (tx, rx) = mpsc::channel(4096);
         let mut threads = Vec::new();
         let w = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("dynkv-writer".into())
-                .spawn(move || writer::run(w, rx))
-                .map_err(|e| StoreError::Lmdb(heed::Error::Io(e)))?,
-        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if fsync != Fsync::Always => {
+                rt.spawn(writer::run_task(w, rx));
+            }
+            _ => threads.push(
+                std::thread::Builder::new()
+                    .name("dynkv-writer".into())
+                    .spawn(move || writer::run_thread(w, rx))
+                    .map_err(|e| StoreError::Lmdb(heed::Error::Io(e)))?,
+            ),
+        }
         if fsync == Fsync::Everysec {
             let s = inner.clone();
             threads.push(
@@ -192,10 +197,7 @@ impl Store {
         &self.inner.stats
     }
 
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&heed::RoTxn<'_, WithoutTls>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn read<T>(&self, f: impl FnOnce(&heed::RoTxn<'_, WithoutTls>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let _gate = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
         let rtxn = self.inner.env.read_txn()?;
         f(&rtxn)
@@ -254,11 +256,7 @@ impl Store {
     /// transaction committed under the fsync setting. Operations apply in the order they
     /// were queued, and each read-and-write is atomic against every other write here, so a
     /// caller may queue several before awaiting any (pipelining into one group commit).
-    pub async fn submit_many<T, F>(
-        &self,
-        keys: Vec<Bytes>,
-        f: F,
-    ) -> Result<Committed<T>, StoreError>
+    pub async fn submit_many<T, F>(&self, keys: Vec<Bytes>, f: F) -> Result<Committed<T>, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Vec<Option<SiblingSet>>) -> (Vec<Change>, T) + Send + 'static,

@@ -33,9 +33,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Option<Bytes>, SiblingSet), StoreError> {
     if format != RECORD_FORMAT {
         return Err(corrupt("unknown record format"));
     }
-    let (&flags, mut rest) = rest
-        .split_first()
-        .ok_or_else(|| corrupt("truncated flags"))?;
+    let (&flags, mut rest) = rest.split_first().ok_or_else(|| corrupt("truncated flags"))?;
     let mut key = None;
     if flags & FLAG_FULL_KEY != 0 {
         if rest.len() < 8 {

@@ -56,21 +56,47 @@ enum Logged {
     Clear,
 }
 
-pub(crate) fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
+/// The writer on a thread of its own, for `fsync = always`: a commit waits for the disk,
+/// and that wait must not hold up a thread that serves clients.
+pub(crate) fn run_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.blocking_recv() {
         batch.push(op);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let closing = commit_batch(&inner, &mut batch);
-        if let Some(done) = closing {
-            let _ = done.send(());
+        if finish_batch(&inner, &mut rx, &mut batch) {
             return;
         }
+    }
+}
+
+/// The writer as a task among the connections, for `fsync = everysec | no`: a commit
+/// that does not wait for the disk takes microseconds, less than handing each write to
+/// another thread and back, and writes queued while other tasks ran share one commit.
+pub(crate) async fn run_task(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
+    while let Some(op) = rx.recv().await {
+        batch.push(op);
+        // Let the other ready connections queue their writes into this batch.
+        tokio::task::yield_now().await;
+        if finish_batch(&inner, &mut rx, &mut batch) {
+            return;
+        }
+    }
+}
+
+/// Adds what is already queued to `batch` and commits it; true when the writer must stop.
+fn finish_batch(inner: &Inner, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) -> bool {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    match commit_batch(inner, batch) {
+        Some(done) => {
+            let _ = done.send(());
+            true
+        }
+        None => false,
     }
 }
 
@@ -80,10 +106,7 @@ fn commit_batch(inner: &Inner, batch: &mut Vec<WriteOp>) -> Option<oneshot::Send
     let mut acks = Vec::with_capacity(batch.len());
     let mut close = None;
     let result = apply_all(inner, batch, &mut acks, &mut close);
-    inner
-        .stats
-        .max_batch
-        .fetch_max(acks.len() as u64, Ordering::Relaxed);
+    inner.stats.max_batch.fetch_max(acks.len() as u64, Ordering::Relaxed);
     match result {
         Ok(()) => {
             for a in acks {
@@ -124,11 +147,7 @@ fn apply_all(
                 log.push(Logged::Clear);
                 wtxn = replay_on_full(inner, wtxn, &log)?;
             }
-            WriteOp::Update {
-                keys: ks,
-                apply,
-                done,
-            } => {
+            WriteOp::Update { keys: ks, apply, done } => {
                 let mut lkeys = Vec::with_capacity(ks.len());
                 let mut sets = Vec::with_capacity(ks.len());
                 let mut failed = None;
@@ -177,7 +196,7 @@ fn apply_all(
                 return Ok(());
             }
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => wtxn = grow_and_replay(inner, &log)?,
-            Err(e) => return Err(map_err(e)),
+            Err(e) => return Err(map_err(inner, e)),
         }
     }
 }
@@ -197,7 +216,7 @@ fn replay_on_full<'e>(
             wtxn.abort();
             grow_and_replay(inner, log)
         }
-        Err(e) => Err(map_err(e)),
+        Err(e) => Err(map_err(inner, e)),
     }
 }
 
@@ -213,7 +232,7 @@ fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<heed::RwTxn<'
                     wtxn.abort();
                     continue 'grow;
                 }
-                Err(e) => return Err(map_err(e)),
+                Err(e) => return Err(map_err(inner, e)),
             }
         }
         return Ok(wtxn);
@@ -245,20 +264,40 @@ fn grow(inner: &Inner) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn map_err(e: heed::Error) -> StoreError {
-    match &e {
-        heed::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => StoreError::DiskFull,
-        heed::Error::Mdb(heed::MdbError::Other(code)) if *code == libc::ENOSPC => {
-            StoreError::DiskFull
-        }
+/// Classifies a failed write. LMDB reports a short write on a full file system as EIO, so
+/// an I/O error is taken for a full disk when the data directory has no room left.
+fn map_err(inner: &Inner, e: heed::Error) -> StoreError {
+    let code = match &e {
+        heed::Error::Io(io) => io.raw_os_error(),
+        heed::Error::Mdb(heed::MdbError::Other(code)) => Some(*code),
+        _ => None,
+    };
+    match code {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull,
+        Some(libc::EIO) if disk_nearly_full(inner.env.path()) => StoreError::DiskFull,
         _ => StoreError::Lmdb(e),
     }
 }
 
+/// Whether the file system holding `dir` has less than a few pages free.
+fn disk_nearly_full(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) < 1024 * 1024
+}
+
+/// The error each operation of a failed batch receives (errors are not `Clone`).
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::DiskFull => StoreError::DiskFull,
         StoreError::Closed => StoreError::Closed,
-        other => StoreError::Corrupt(other.to_string()),
+        other => StoreError::Failed(other.to_string()),
     }
 }

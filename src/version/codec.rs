@@ -204,11 +204,7 @@ impl VersionVector {
 
     /// Exact size of [`VersionVector::encode_entries`]'s output.
     pub(super) fn encoded_entries_len(&self) -> usize {
-        varint_len(self.len() as u64)
-            + self
-                .iter()
-                .map(|(n, c)| varint_len(n) + varint_len(c))
-                .sum::<usize>()
+        varint_len(self.len() as u64) + self.iter().map(|(n, c)| varint_len(n) + varint_len(c)).sum::<usize>()
     }
 
     /// Reads an entry list written by [`VersionVector::encode_entries`],
@@ -321,10 +317,7 @@ impl SiblingSet {
 
 /// Shared decoder; `value` turns a validated in-bounds byte range of the
 /// input into an owned value.
-fn decode_with(
-    bytes: &[u8],
-    value: impl Fn(std::ops::Range<usize>) -> Bytes,
-) -> Result<SiblingSet, DecodeError> {
+fn decode_with(bytes: &[u8], value: impl Fn(std::ops::Range<usize>) -> Bytes) -> Result<SiblingSet, DecodeError> {
     let mut r = Reader::new(bytes);
     let version = r.u8().map_err(|_| DecodeError::Empty)?;
     if version != FORMAT_VERSION {
@@ -458,20 +451,14 @@ mod tests {
     #[test]
     fn rejects_unknown_version_and_empty() {
         assert_eq!(SiblingSet::decode(&[]), Err(DecodeError::Empty));
-        assert_eq!(
-            SiblingSet::decode(&[2, 0, 0]),
-            Err(DecodeError::UnsupportedVersion(2))
-        );
+        assert_eq!(SiblingSet::decode(&[2, 0, 0]), Err(DecodeError::UnsupportedVersion(2)));
     }
 
     #[test]
     fn rejects_trailing_bytes() {
         let mut bytes = sample().to_bytes();
         bytes.push(0);
-        assert_eq!(
-            SiblingSet::decode(&bytes),
-            Err(DecodeError::TrailingBytes(1))
-        );
+        assert_eq!(SiblingSet::decode(&bytes), Err(DecodeError::TrailingBytes(1)));
     }
 
     #[test]
@@ -493,10 +480,7 @@ mod tests {
         );
         // Sibling count far beyond the input.
         let b = vec![FORMAT_VERSION, 0, 0x80, 0x80, 0x04];
-        assert!(matches!(
-            SiblingSet::decode(&b),
-            Err(DecodeError::CountTooLarge { .. })
-        ));
+        assert!(matches!(SiblingSet::decode(&b), Err(DecodeError::CountTooLarge { .. })));
         // Value length far beyond the input.
         let mut b = vec![FORMAT_VERSION, 1, 1, 1, 1, 1, 1, 0, 0];
         write_varint(&mut b, u64::MAX);
@@ -519,10 +503,7 @@ mod tests {
             Err(DecodeError::UnsortedNodes)
         );
         // ctx {1:0}.
-        assert_eq!(
-            SiblingSet::decode(&[1, 1, 1, 0, 0]),
-            Err(DecodeError::ZeroCounter)
-        );
+        assert_eq!(SiblingSet::decode(&[1, 1, 1, 0, 0]), Err(DecodeError::ZeroCounter));
         // Sibling (1,0).
         assert_eq!(
             SiblingSet::decode(&[1, 1, 1, 1, 1, 1, 0, 7, 0, 0]),

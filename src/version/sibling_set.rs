@@ -49,18 +49,12 @@ impl Sibling {
     /// the same dot (which correct operation never produces): picking the
     /// greater one keeps merge commutative and associative even then.
     fn payload_cmp(&self, other: &Sibling) -> Ordering {
-        (
-            self.written_at_ms,
-            self.expires_at_ms,
-            self.tombstone,
-            &self.value,
-        )
-            .cmp(&(
-                other.written_at_ms,
-                other.expires_at_ms,
-                other.tombstone,
-                &other.value,
-            ))
+        (self.written_at_ms, self.expires_at_ms, self.tombstone, &self.value).cmp(&(
+            other.written_at_ms,
+            other.expires_at_ms,
+            other.tombstone,
+            &other.value,
+        ))
     }
 }
 
@@ -129,13 +123,7 @@ impl SiblingSet {
     /// replacing it), every other sibling is kept (it is concurrent), the new
     /// sibling is added, and the context becomes
     /// `join(self.context, ctx) + dot`. A tombstone's value is stored empty.
-    pub fn write(
-        &mut self,
-        ctx: &VersionVector,
-        node: NodeId,
-        counter_floor: u64,
-        new: NewSibling,
-    ) -> Dot {
+    pub fn write(&mut self, ctx: &VersionVector, node: NodeId, counter_floor: u64, new: NewSibling) -> Dot {
         let base = self.context.get(node).max(ctx.get(node));
         let dot = Dot::new(node, base.saturating_add(1).max(counter_floor).max(1));
         self.siblings.retain(|s| !ctx.covers(s.dot));
@@ -146,11 +134,7 @@ impl SiblingSet {
             written_at_ms: new.written_at_ms,
             expires_at_ms: new.expires_at_ms,
             tombstone: new.tombstone,
-            value: if new.tombstone {
-                Bytes::new()
-            } else {
-                new.value
-            },
+            value: if new.tombstone { Bytes::new() } else { new.value },
         };
         // A collision is only possible once a counter saturates at u64::MAX;
         // replacing keeps dots distinct even then.
@@ -241,11 +225,7 @@ impl SiblingSet {
         if self.siblings.iter().any(|s| s.dot.counter == 0) {
             return Some("zero dot counter");
         }
-        if self
-            .siblings
-            .iter()
-            .any(|s| s.tombstone && !s.value.is_empty())
-        {
+        if self.siblings.iter().any(|s| s.tombstone && !s.value.is_empty()) {
             return Some("tombstone with value");
         }
         if self.context.iter().any(|(_, c)| c == 0) {
@@ -306,15 +286,9 @@ mod tests {
         let mut s = SiblingSet::new();
         assert_eq!(s.write(&empty(), 1, 0, put("a", 1)).counter, 1);
         // Floor above the local counter wins.
-        assert_eq!(
-            s.write(&s.context().clone(), 1, 100, put("b", 2)).counter,
-            100
-        );
+        assert_eq!(s.write(&s.context().clone(), 1, 100, put("b", 2)).counter, 100);
         // Floor below: local + 1.
-        assert_eq!(
-            s.write(&s.context().clone(), 1, 50, put("c", 3)).counter,
-            101
-        );
+        assert_eq!(s.write(&s.context().clone(), 1, 50, put("c", 3)).counter, 101);
         // Client context ahead of local state (e.g. record reaped here).
         let mut ahead = VersionVector::new();
         ahead.advance(Dot::new(1, 500));
@@ -597,11 +571,7 @@ mod tests {
                         }
                     }
                     assert_eq!(after.siblings().len(), {
-                        let kept = before
-                            .siblings()
-                            .iter()
-                            .filter(|s| !ctx.covers(s.dot))
-                            .count();
+                        let kept = before.siblings().iter().filter(|s| !ctx.covers(s.dot)).count();
                         kept + 1
                     });
                     let mut expect_ctx = before.context().clone();

@@ -123,10 +123,7 @@ impl VersionVector {
             return;
         }
         let mut out = Vec::with_capacity(self.entries.len() + other.entries.len());
-        let (mut a, mut b) = (
-            self.entries.iter().peekable(),
-            other.entries.iter().peekable(),
-        );
+        let (mut a, mut b) = (self.entries.iter().peekable(), other.entries.iter().peekable());
         loop {
             match (a.peek(), b.peek()) {
                 (Some(&&x), Some(&&y)) => {
@@ -377,10 +374,7 @@ mod tests {
     fn empty_vector_token() {
         let t = VersionVector::new().to_token();
         assert_eq!(t, "AQA");
-        assert_eq!(
-            VersionVector::from_token(t.as_bytes()),
-            Ok(VersionVector::new())
-        );
+        assert_eq!(VersionVector::from_token(t.as_bytes()), Ok(VersionVector::new()));
     }
 
     #[test]
@@ -388,17 +382,10 @@ mod tests {
         for v in [
             vv(&[(1, 1)]),
             vv(&[(0, u64::MAX), (u64::MAX, 1)]),
-            vv(&[
-                (1, 1_700_000_000_000_000),
-                (2, 3),
-                (3, 1_700_000_000_000_123),
-            ]),
+            vv(&[(1, 1_700_000_000_000_000), (2, 3), (3, 1_700_000_000_000_123)]),
         ] {
             let t = v.to_token();
-            assert!(
-                t.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-            );
+            assert!(t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
             assert_eq!(VersionVector::from_token(t.as_bytes()), Ok(v));
         }
     }
@@ -413,22 +400,13 @@ mod tests {
         );
         for bad in [&b"AQA="[..], b"AQ+A", b"AQ/A", b"\"AQA\"", b"AQ\xffA"] {
             assert!(
-                matches!(
-                    VersionVector::from_token(bad),
-                    Err(ContextError::InvalidCharacter(_))
-                ),
+                matches!(VersionVector::from_token(bad), Err(ContextError::InvalidCharacter(_))),
                 "{bad:?}"
             );
         }
-        assert_eq!(
-            VersionVector::from_token(b"A"),
-            Err(ContextError::InvalidLength)
-        );
+        assert_eq!(VersionVector::from_token(b"A"), Err(ContextError::InvalidLength));
         // "AQB": last char has a non-zero unused bit.
-        assert_eq!(
-            VersionVector::from_token(b"AQB"),
-            Err(ContextError::NonCanonical)
-        );
+        assert_eq!(VersionVector::from_token(b"AQB"), Err(ContextError::NonCanonical));
         // Unknown tag.
         assert_eq!(
             VersionVector::from_token(raw_token(&[2, 0]).as_bytes()),
@@ -467,19 +445,13 @@ mod tests {
         );
         // Every truncation of a good token fails.
         for n in 0..good.len() {
-            assert!(
-                VersionVector::from_token(&good.as_bytes()[..n]).is_err(),
-                "{n}"
-            );
+            assert!(VersionVector::from_token(&good.as_bytes()[..n]).is_err(), "{n}");
         }
     }
 
     #[test]
     fn context_error_display() {
-        assert_eq!(
-            ContextError::Empty.to_string(),
-            "invalid context: empty token"
-        );
+        assert_eq!(ContextError::Empty.to_string(), "invalid context: empty token");
         assert_eq!(
             ContextError::Malformed(DecodeError::Truncated).to_string(),
             "invalid context: truncated input"

@@ -92,10 +92,7 @@ pub fn hello(ctx: &mut Ctx<'_>) -> Reply {
         ctx.client.info.set_name(n);
     }
     ctx.client.proto = proto;
-    ctx.client
-        .info
-        .resp
-        .store(u64::from(proto), Ordering::Relaxed);
+    ctx.client.info.resp.store(u64::from(proto), Ordering::Relaxed);
     Reply::Map(vec![
         (Reply::bulk("server"), Reply::bulk("dynkv")),
         (Reply::bulk("version"), Reply::bulk(COMPAT_REDIS_VERSION)),
@@ -148,19 +145,13 @@ pub fn client(ctx: &mut Ctx<'_>) -> Reply {
         }
     };
     let res = match sub.as_str() {
-        "setname" => arity(n == 3)
-            .and_then(|_| valid_name(&ctx.args[2]))
-            .map(|_| {
-                ctx.client.info.set_name(ctx.args[2].clone());
-                Reply::Ok
-            }),
+        "setname" => arity(n == 3).and_then(|_| valid_name(&ctx.args[2])).map(|_| {
+            ctx.client.info.set_name(ctx.args[2].clone());
+            Reply::Ok
+        }),
         "getname" => arity(n == 2).map(|_| {
             let name = ctx.client.info.name();
-            if name.is_empty() {
-                Reply::Nil
-            } else {
-                Reply::Bulk(name)
-            }
+            if name.is_empty() { Reply::Nil } else { Reply::Bulk(name) }
         }),
         "id" => arity(n == 2).map(|_| Reply::Int(ctx.client.info.id as i64)),
         "info" => arity(n == 2).map(|_| Reply::Text(format!("{}\n", ctx.client.info.line()))),

@@ -37,9 +37,7 @@ pub async fn del(ctx: &mut Ctx<'_>) -> Outcome {
         })
         .await;
     match submitted {
-        Ok(p) => Outcome::Later(Box::pin(
-            async move { Ok(p.await.unwrap_or_else(coord_error)) },
-        )),
+        Ok(p) => Outcome::Later(Box::pin(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
         Err(e) => coord_error(e).into(),
     }
 }
@@ -105,9 +103,7 @@ fn parse_expire_flags(args: &[Bytes]) -> Result<ExpireFlags, Reply> {
         ));
     }
     if f.gt && f.lt {
-        return Err(Reply::err(
-            "ERR GT and LT options at the same time are not compatible",
-        ));
+        return Err(Reply::err("ERR GT and LT options at the same time are not compatible"));
     }
     Ok(f)
 }
@@ -126,19 +122,11 @@ pub async fn expire(ctx: &mut Ctx<'_>, cmd: &'static str) -> Outcome {
     let invalid = || Reply::err(format!("ERR invalid expire time in '{cmd}' command"));
     let seconds = cmd == "expire" || cmd == "expireat";
     let relative = cmd == "expire" || cmd == "pexpire";
-    let Some(ms) = (if seconds {
-        n.checked_mul(1000)
-    } else {
-        Some(n)
-    }) else {
+    let Some(ms) = (if seconds { n.checked_mul(1000) } else { Some(n) }) else {
         return invalid().into();
     };
     let now = crate::clock::now_ms();
-    let at = if relative {
-        ms.checked_add(now as i64)
-    } else {
-        Some(ms)
-    };
+    let at = if relative { ms.checked_add(now as i64) } else { Some(ms) };
     let Some(at) = at else {
         return invalid().into();
     };
@@ -161,10 +149,7 @@ pub async fn expire(ctx: &mut Ctx<'_>, cmd: &'static str) -> Outcome {
         if at <= now as i64 {
             return (Decision::delete(now), Reply::Int(1));
         }
-        (
-            Decision::put(s.value.clone(), Some(at as u64), now),
-            Reply::Int(1),
-        )
+        (Decision::put(s.value.clone(), Some(at as u64), now), Reply::Int(1))
     })
     .await
 }
@@ -196,9 +181,7 @@ pub async fn ttl(ctx: &mut Ctx<'_>, cmd: &'static str) -> Reply {
 pub async fn persist(ctx: &mut Ctx<'_>) -> Outcome {
     let key = ctx.args[1].clone();
     submit(ctx, key, |cur, now| match live(cur, now) {
-        Some(s) if s.expires_at_ms.is_some() => {
-            (Decision::put(s.value.clone(), None, now), Reply::Int(1))
-        }
+        Some(s) if s.expires_at_ms.is_some() => (Decision::put(s.value.clone(), None, now), Reply::Int(1)),
         _ => (Decision::Nothing, Reply::Int(0)),
     })
     .await
@@ -281,12 +264,7 @@ pub async fn count_keys(ctx: &Ctx<'_>) -> Result<(u64, u64), Reply> {
     let (mut keys, mut expires) = (0u64, 0u64);
     let mut cursor = 0;
     loop {
-        let (next, items) = ctx
-            .node
-            .coord
-            .scan(cursor, 1000)
-            .await
-            .map_err(coord_error)?;
+        let (next, items) = ctx.node.coord.scan(cursor, 1000).await.map_err(coord_error)?;
         let now = crate::clock::now_ms();
         for it in items {
             if let Some(w) = it.set.winner(now) {

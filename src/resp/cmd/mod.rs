@@ -110,14 +110,7 @@ pub static COMMANDS: &[Spec] = &[
         "connection",
         "Handshakes with the server, optionally switching protocol."
     ),
-    spec!(
-        "auth",
-        -2,
-        C,
-        (0, 0, 0),
-        "connection",
-        "Authenticates the connection."
-    ),
+    spec!("auth", -2, C, (0, 0, 0), "connection", "Authenticates the connection."),
     spec!(
         "select",
         2,
@@ -126,22 +119,8 @@ pub static COMMANDS: &[Spec] = &[
         "connection",
         "Changes the selected database (only 0 exists)."
     ),
-    spec!(
-        "quit",
-        -1,
-        C,
-        (0, 0, 0),
-        "connection",
-        "Closes the connection."
-    ),
-    spec!(
-        "reset",
-        1,
-        C,
-        (0, 0, 0),
-        "connection",
-        "Resets the connection."
-    ),
+    spec!("quit", -1, C, (0, 0, 0), "connection", "Closes the connection."),
+    spec!("reset", 1, C, (0, 0, 0), "connection", "Resets the connection."),
     spec!(
         "client",
         -2,
@@ -182,14 +161,7 @@ pub static COMMANDS: &[Spec] = &[
         "server",
         "Returns the number of live keys."
     ),
-    spec!(
-        "time",
-        1,
-        &["fast"],
-        (0, 0, 0),
-        "server",
-        "Returns the server time."
-    ),
+    spec!("time", 1, &["fast"], (0, 0, 0), "server", "Returns the server time."),
     spec!("flushall", -1, W, (0, 0, 0), "server", "Removes all keys."),
     spec!(
         "flushdb",
@@ -199,22 +171,8 @@ pub static COMMANDS: &[Spec] = &[
         "server",
         "Removes all keys of the (only) database."
     ),
-    spec!(
-        "shutdown",
-        -1,
-        A,
-        (0, 0, 0),
-        "server",
-        "Stops the node cleanly."
-    ),
-    spec!(
-        "get",
-        2,
-        R,
-        (1, 1, 1),
-        "string",
-        "Returns the value of a key."
-    ),
+    spec!("shutdown", -1, A, (0, 0, 0), "server", "Stops the node cleanly."),
+    spec!("get", 2, R, (1, 1, 1), "string", "Returns the value of a key."),
     spec!(
         "set",
         -3,
@@ -288,14 +246,7 @@ pub static COMMANDS: &[Spec] = &[
         "string",
         "Sets several keys only if none exists."
     ),
-    spec!(
-        "append",
-        3,
-        W,
-        (1, 1, 1),
-        "string",
-        "Appends to a key's value."
-    ),
+    spec!("append", 3, W, (1, 1, 1), "string", "Appends to a key's value."),
     spec!(
         "strlen",
         2,
@@ -332,14 +283,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("decr", 2, WF, (1, 1, 1), "string", "Not supported yet."),
     spec!("incrby", 3, WF, (1, 1, 1), "string", "Not supported yet."),
     spec!("decrby", 3, WF, (1, 1, 1), "string", "Not supported yet."),
-    spec!(
-        "incrbyfloat",
-        3,
-        WF,
-        (1, 1, 1),
-        "string",
-        "Not supported yet."
-    ),
+    spec!("incrbyfloat", 3, WF, (1, 1, 1), "string", "Not supported yet."),
     spec!(
         "del",
         -2,
@@ -348,14 +292,7 @@ pub static COMMANDS: &[Spec] = &[
         "keyspace",
         "Deletes keys (writes tombstones)."
     ),
-    spec!(
-        "unlink",
-        -2,
-        WF,
-        (1, -1, 1),
-        "keyspace",
-        "Deletes keys (same as DEL)."
-    ),
+    spec!("unlink", -2, WF, (1, -1, 1), "keyspace", "Deletes keys (same as DEL)."),
     spec!(
         "exists",
         -2,
@@ -436,14 +373,7 @@ pub static COMMANDS: &[Spec] = &[
         "keyspace",
         "Returns a key's expiry as a Unix time in milliseconds."
     ),
-    spec!(
-        "persist",
-        2,
-        WF,
-        (1, 1, 1),
-        "keyspace",
-        "Removes a key's expiry."
-    ),
+    spec!("persist", 2, WF, (1, 1, 1), "keyspace", "Removes a key's expiry."),
     spec!(
         "scan",
         -2,
@@ -480,13 +410,7 @@ pub static COMMANDS: &[Spec] = &[
 
 /// The spec of a command name, case-insensitively.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    if name.len() > 16 {
-        return None;
-    }
-    let lower = name.to_ascii_lowercase();
-    COMMANDS
-        .iter()
-        .find(|s| s.name.as_bytes() == lower.as_slice())
+    COMMANDS.iter().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Runs one request.
@@ -497,11 +421,7 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
     ctx.client.touch(spec.name);
     let argc = ctx.args.len() as i32;
     if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
-        return Reply::err(format!(
-            "ERR wrong number of arguments for '{}' command",
-            spec.name
-        ))
-        .into();
+        return Reply::err(format!("ERR wrong number of arguments for '{}' command", spec.name)).into();
     }
     if !ctx.client.authenticated && !spec.flags.contains(&"no-auth") {
         return Reply::err("NOAUTH Authentication required.").into();

@@ -95,11 +95,7 @@ pub fn command(ctx: &mut Ctx<'_>) -> Reply {
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }
@@ -123,10 +119,7 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .collect();
-    let all = wanted.is_empty()
-        || wanted
-            .iter()
-            .any(|w| w == "all" || w == "everything" || w == "default");
+    let all = wanted.is_empty() || wanted.iter().any(|w| w == "all" || w == "everything" || w == "default");
     let want = |s: &str| all || wanted.iter().any(|w| w == s);
     let node = ctx.node;
     let st = &node.stats;
@@ -227,10 +220,7 @@ pub fn config(ctx: &mut Ctx<'_>) -> Reply {
         }
         let params: Vec<(&str, String)> = vec![
             ("bind", c.bind.clone()),
-            (
-                "port",
-                ctx.node.bound_port.load(Ordering::Relaxed).to_string(),
-            ),
+            ("port", ctx.node.bound_port.load(Ordering::Relaxed).to_string()),
             ("dir", c.data_dir.display().to_string()),
             ("requirepass", c.requirepass.clone().unwrap_or_default()),
             ("maxclients", c.max_clients.to_string()),
@@ -261,9 +251,7 @@ pub fn config(ctx: &mut Ctx<'_>) -> Reply {
     } else if is(&sub, "resetstat") {
         Reply::Ok
     } else if is(&sub, "set") {
-        Reply::err(
-            "ERR CONFIG SET is not supported by dynkv: set options in the config file or flags and restart",
-        )
+        Reply::err("ERR CONFIG SET is not supported by dynkv: set options in the config file or flags and restart")
     } else {
         Reply::err(format!(
             "ERR unknown subcommand '{}'. Try CONFIG HELP.",

@@ -16,21 +16,14 @@ pub async fn siblings(ctx: &mut Ctx<'_>) -> Reply {
         Err(e) => return coord_error(e),
     };
     let now = crate::clock::now_ms();
-    let values = set
-        .live(now)
-        .map(|s| Reply::Bulk(s.value.clone()))
-        .collect();
-    Reply::Array(vec![
-        Reply::bulk(set.context().to_token()),
-        Reply::Array(values),
-    ])
+    let values = set.live(now).map(|s| Reply::Bulk(s.value.clone())).collect();
+    Reply::Array(vec![Reply::bulk(set.context().to_token()), Reply::Array(values)])
 }
 
 /// RESOLVE key context value [EX s|PX ms|EXAT t|PXAT t]
 pub async fn resolve(ctx: &mut Ctx<'_>) -> Outcome {
     let Ok(context) = VersionVector::from_token(&ctx.args[2]) else {
-        return Reply::err("ERR invalid context: pass the context returned by SIBLINGS unchanged")
-            .into();
+        return Reply::err("ERR invalid context: pass the context returned by SIBLINGS unchanged").into();
     };
     let now = crate::clock::now_ms();
     let expires = match &ctx.args[4..] {

@@ -22,9 +22,7 @@ where
     F: FnOnce(Option<&SiblingSet>, u64) -> (Decision, Reply) + Send + 'static,
 {
     match ctx.node.coord.submit(key, decide).await {
-        Ok(p) => Outcome::Later(Box::pin(
-            async move { Ok(p.await.unwrap_or_else(coord_error)) },
-        )),
+        Ok(p) => Outcome::Later(Box::pin(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
         Err(e) => Outcome::Now(coord_error(e)),
     }
 }
@@ -123,10 +121,7 @@ fn parse_set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
         } else if is(a, "keepttl") && !has_expiry {
             has_expiry = true;
             o.expiry = Expiry::Keep;
-        } else if (is(a, "ex") || is(a, "px") || is(a, "exat") || is(a, "pxat"))
-            && !has_expiry
-            && i + 1 < args.len()
-        {
+        } else if (is(a, "ex") || is(a, "px") || is(a, "exat") || is(a, "pxat")) && !has_expiry && i + 1 < args.len() {
             has_expiry = true;
             o.expiry = Expiry::At(expiry_from(a, &args[i + 1], "set", now_ms)?);
             i += 1;
@@ -181,10 +176,7 @@ pub async fn setex(ctx: &mut Ctx<'_>) -> Outcome {
         Err(r) => return r.into(),
     };
     let (key, value) = (ctx.args[1].clone(), ctx.args[3].clone());
-    submit(ctx, key, move |_, now| {
-        (Decision::put(value, Some(at), now), Reply::Ok)
-    })
-    .await
+    submit(ctx, key, move |_, now| (Decision::put(value, Some(at), now), Reply::Ok)).await
 }
 
 /// GETSET key value
@@ -232,10 +224,7 @@ pub async fn getex(ctx: &mut Ctx<'_>) -> Outcome {
             if expiry == Expiry::None && s.expires_at_ms.is_none() {
                 return (Decision::Nothing, reply);
             }
-            (
-                Decision::put(s.value.clone(), expiry.resolve(Some(s)), now),
-                reply,
-            )
+            (Decision::put(s.value.clone(), expiry.resolve(Some(s)), now), reply)
         }
         None => (Decision::Nothing, Reply::Nil),
     })
@@ -259,10 +248,7 @@ pub async fn mget(ctx: &mut Ctx<'_>) -> Reply {
 pub async fn mset(ctx: &mut Ctx<'_>, only_if_none: bool) -> Outcome {
     if ctx.args.len() % 2 == 0 {
         let name = if only_if_none { "msetnx" } else { "mset" };
-        return Reply::err(format!(
-            "ERR wrong number of arguments for '{name}' command"
-        ))
-        .into();
+        return Reply::err(format!("ERR wrong number of arguments for '{name}' command")).into();
     }
     // A key given twice takes its last value, as in Redis.
     let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(ctx.args.len() / 2);
@@ -278,24 +264,12 @@ pub async fn mset(ctx: &mut Ctx<'_>, only_if_none: bool) -> Outcome {
             if only_if_none && sets.iter().any(|s| live(s.as_ref(), now).is_some()) {
                 return (vec![Decision::Nothing; sets.len()], Reply::Int(0));
             }
-            let decisions = pairs
-                .into_iter()
-                .map(|(_, v)| Decision::put(v, None, now))
-                .collect();
-            (
-                decisions,
-                if only_if_none {
-                    Reply::Int(1)
-                } else {
-                    Reply::Ok
-                },
-            )
+            let decisions = pairs.into_iter().map(|(_, v)| Decision::put(v, None, now)).collect();
+            (decisions, if only_if_none { Reply::Int(1) } else { Reply::Ok })
         })
         .await;
     match submitted {
-        Ok(p) => Outcome::Later(Box::pin(
-            async move { Ok(p.await.unwrap_or_else(coord_error)) },
-        )),
+        Ok(p) => Outcome::Later(Box::pin(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
         Err(e) => coord_error(e).into(),
     }
 }

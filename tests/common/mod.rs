@@ -1,0 +1,587 @@
+//! Shared helpers for dynkv's integration tests: a [`Server`] guard that runs the real
+//! binary on a loopback port with its own data directory, and a raw RESP client
+//! ([`Raw`]) for byte-exact protocol checks.
+//!
+//! Every process a test starts is owned by a `Server`: dropping the guard kills it, and
+//! a failing test prints the server's log (stderr is captured into a file).
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first PING.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped server may take to exit.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The dynkv binary built by cargo for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dynkv")
+}
+
+/// A port that was free a moment ago (the listener is dropped at once; callers retry
+/// when another process takes it first).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Raises this process's open-file soft limit to its hard limit (children inherit it).
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+/// Where the port comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum PortMode {
+    /// The guard picks a free port and passes `--port`.
+    Pick,
+    /// The port is set elsewhere (a config file); the guard only waits on it.
+    Given(u16),
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Extra flags after `server --bind 127.0.0.1 --port P --data-dir D`.
+    pub args: Vec<String>,
+    /// Data directory; a fresh temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Port selection.
+    pub port: PortMode,
+    /// Password, so that the readiness check and [`Server::client`] can authenticate.
+    pub password: Option<String>,
+}
+
+impl Setup {
+    /// Defaults plus these flags.
+    pub fn args(args: &[&str]) -> Setup {
+        Setup {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            data_dir: None,
+            port: PortMode::Pick,
+            password: None,
+        }
+    }
+}
+
+/// A running dynkv process; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    port: u16,
+    setup: Setup,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    // Owns the log (and, unless given, the data directory).
+    _tmp: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with a fresh data directory and these extra flags.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(Setup::args(args))
+    }
+
+    /// Starts a server as `setup` says; panics (with the log) if it is not ready in time.
+    pub fn start_with(setup: Setup) -> Server {
+        raise_fd_limit();
+        let tmp = tempfile::Builder::new()
+            .prefix("dynkv-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = setup.data_dir.clone().unwrap_or_else(|| tmp.path().join("data"));
+        let log_path = tmp.path().join("dynkv.log");
+        let port = match setup.port {
+            PortMode::Pick => free_port(),
+            PortMode::Given(p) => p,
+        };
+        let mut s = Server {
+            child: None,
+            port,
+            setup,
+            data_dir,
+            log_path,
+            _tmp: tmp,
+        };
+        s.launch();
+        s
+    }
+
+    /// Spawns the process and waits until it answers PING; retries a port race.
+    fn launch(&mut self) {
+        for attempt in 0..5 {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)
+                .expect("open log");
+            let mut cmd = Command::new(bin());
+            cmd.arg("server")
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--data-dir")
+                .arg(&self.data_dir);
+            if let PortMode::Pick = self.setup.port {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+            cmd.args(&self.setup.args)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log));
+            let child = cmd.spawn().expect("spawn dynkv");
+            self.child = Some(child);
+            match self.wait_ready() {
+                Ok(()) => return,
+                Err(status) => {
+                    let log = self.log();
+                    let raced = log.contains("cannot listen") || log.contains("in use");
+                    if raced && matches!(self.setup.port, PortMode::Pick) && attempt < 4 {
+                        self.port = free_port();
+                        continue;
+                    }
+                    panic!("dynkv did not become ready (exit: {status:?})\n--- log ---\n{}", log);
+                }
+            }
+        }
+    }
+
+    /// Waits for `+PONG` (or `-NOAUTH` when a password is set); returns the exit status
+    /// if the process died or the deadline passed.
+    fn wait_ready(&mut self) -> Result<(), Option<ExitStatus>> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(Some(st));
+            }
+            if let Ok(mut raw) = Raw::try_connect(self.addr()) {
+                raw.set_timeout(Duration::from_secs(2));
+                if raw.send(b"*1\r\n$4\r\nPING\r\n").is_ok() {
+                    if let Ok(line) = raw.read_line() {
+                        if line == b"+PONG" || line.starts_with(b"-NOAUTH") {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(None)
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A redis-crate connection (authenticated when the setup has a password).
+    pub fn client(&self) -> redis::Connection {
+        let url = match &self.setup.password {
+            Some(pw) => format!("redis://:{pw}@{}/", self.addr()),
+            None => format!("redis://{}/", self.addr()),
+        };
+        let client = redis::Client::open(url).expect("redis url");
+        let con = client
+            .get_connection_with_timeout(Duration::from_secs(10))
+            .expect("connect with the redis crate");
+        con.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        con
+    }
+
+    /// A raw connection with a 10 s timeout.
+    pub fn raw(&self) -> Raw {
+        let mut r = Raw::connect(self.addr());
+        if let Some(pw) = &self.setup.password {
+            let reply = r.cmd(&[b"AUTH", pw.as_bytes()]);
+            assert_eq!(reply, Resp::Simple("OK".into()), "AUTH");
+        }
+        r
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid().expect("server not running") as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Waits for the process to exit (bounded); panics with the log on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("server not running");
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!("dynkv did not exit within {timeout:?}\n--- log ---\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let st = self.wait_exit(EXIT_TIMEOUT);
+        assert!(!st.success(), "a SIGKILLed process cannot exit 0");
+    }
+
+    /// SIGTERM, wait, and assert a clean exit (status 0).
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let st = self.wait_exit(EXIT_TIMEOUT);
+        assert!(
+            st.success(),
+            "dynkv exited with {st:?} after SIGTERM\n--- log ---\n{}",
+            self.log()
+        );
+    }
+
+    /// Stops (cleanly) if running, then starts again on the same data directory.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.launch();
+    }
+
+    /// Starts again on the same data directory (the process must have exited).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "server still running");
+        self.launch();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- dynkv log ({}) ---\n{}\n--- end of log ---",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// A decoded reply (RESP2 and RESP3).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    /// `+...`
+    Simple(String),
+    /// `-...` (the whole line, code included)
+    Error(String),
+    /// `:n`
+    Int(i64),
+    /// `$n` (or RESP3 `=n` verbatim, format prefix kept)
+    Bulk(Vec<u8>),
+    /// `$-1`, `*-1` or RESP3 `_`
+    Nil,
+    /// `*n`, RESP3 `~n` and `>n`
+    Array(Vec<Resp>),
+    /// RESP3 `%n`
+    Map(Vec<(Resp, Resp)>),
+    /// RESP3 `,`, `#`, `(`: the raw text
+    Other(u8, String),
+}
+
+impl Resp {
+    /// The bytes of a bulk or simple string.
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Resp::Bulk(b) => b.clone(),
+            Resp::Simple(s) => s.as_bytes().to_vec(),
+            other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    /// The text of a bulk or simple string.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.bytes()).expect("utf-8")
+    }
+
+    /// An array's items.
+    pub fn items(&self) -> &[Resp] {
+        match self {
+            Resp::Array(v) => v,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    /// A bulk from bytes.
+    pub fn bulk(b: impl AsRef<[u8]>) -> Resp {
+        Resp::Bulk(b.as_ref().to_vec())
+    }
+}
+
+/// Encodes a request as a RESP array of bulk strings.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A raw TCP client: exact bytes out, a small RESP decoder in.
+pub struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects with a 10 s I/O timeout; panics on failure.
+    pub fn connect(addr: SocketAddr) -> Raw {
+        Raw::try_connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+    }
+
+    /// Connects with a 10 s I/O timeout.
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Raw> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        let mut r = Raw {
+            stream,
+            buf: Vec::new(),
+        };
+        r.set_timeout(Duration::from_secs(10));
+        Ok(r)
+    }
+
+    /// Sets the read and write timeouts.
+    pub fn set_timeout(&mut self, t: Duration) {
+        let _ = self.stream.set_read_timeout(Some(t));
+        let _ = self.stream.set_write_timeout(Some(t));
+    }
+
+    /// The socket.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes bytes.
+    pub fn send(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(b)
+    }
+
+    /// Sends one request and reads its reply.
+    pub fn cmd(&mut self, args: &[&[u8]]) -> Resp {
+        self.send(&encode(args)).expect("send");
+        self.read_reply().expect("read reply")
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by server",
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads one line (without CRLF).
+    pub fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..i].to_vec();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_exact_bytes(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            self.fill()?;
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Reads one reply.
+    pub fn read_reply(&mut self) -> std::io::Result<Resp> {
+        let line = self.read_line()?;
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad reply");
+        let (&kind, rest) = line.split_first().ok_or_else(bad)?;
+        let text = String::from_utf8_lossy(rest).into_owned();
+        let num = || text.parse::<i64>().map_err(|_| bad());
+        Ok(match kind {
+            b'+' => Resp::Simple(text),
+            b'-' => Resp::Error(text),
+            b':' => Resp::Int(num()?),
+            b'_' => Resp::Nil,
+            b'$' | b'=' | b'!' => {
+                let n = num()?;
+                if n < 0 {
+                    Resp::Nil
+                } else {
+                    let mut b = self.read_exact_bytes(n as usize + 2)?;
+                    b.truncate(n as usize);
+                    if kind == b'!' {
+                        Resp::Error(String::from_utf8_lossy(&b).into_owned())
+                    } else {
+                        Resp::Bulk(b)
+                    }
+                }
+            }
+            b'*' | b'~' | b'>' => {
+                let n = num()?;
+                if n < 0 {
+                    Resp::Nil
+                } else {
+                    let mut v = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        v.push(self.read_reply()?);
+                    }
+                    Resp::Array(v)
+                }
+            }
+            b'%' | b'|' => {
+                let n = num()?;
+                let mut v = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let k = self.read_reply()?;
+                    let val = self.read_reply()?;
+                    v.push((k, val));
+                }
+                if kind == b'|' {
+                    // An attribute precedes the real reply.
+                    return self.read_reply();
+                }
+                Resp::Map(v)
+            }
+            other => Resp::Other(other, text),
+        })
+    }
+
+    /// Reads until the server closes the connection or `timeout` passes; returns the
+    /// bytes read (including any buffered) and whether EOF was seen.
+    pub fn read_to_eof(&mut self, timeout: Duration) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut out = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (out, false);
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return (out, true),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                // A reset after the server closed with unread input still is a close.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return (out, false);
+                }
+                Err(_) => return (out, true),
+            }
+        }
+    }
+}
+
+/// The text of a redis-crate error as the server sent it (`CODE detail`).
+pub fn err_text(e: &redis::RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(c), Some(d)) => format!("{c} {d}"),
+        (Some(c), None) => c.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Parses `field:value` from an INFO text.
+pub fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// `INFO section` over a raw connection, as text.
+pub fn info(raw: &mut Raw, section: &str) -> String {
+    match raw.cmd(&[b"INFO", section.as_bytes()]) {
+        Resp::Bulk(b) => String::from_utf8(b).expect("INFO is utf-8"),
+        other => panic!("INFO {section}: {other:?}"),
+    }
+}
+
+/// A numeric INFO field.
+pub fn info_u64(raw: &mut Raw, section: &str, field: &str) -> u64 {
+    let text = info(raw, section);
+    info_field(&text, field)
+        .unwrap_or_else(|| panic!("INFO {section} has no {field}:\n{text}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("INFO {field} not a number:\n{text}"))
+}
+
+/// Writes a file into a fresh temp dir and returns (dir guard, path).
+pub fn write_temp_file(name: &str, content: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    let mut f = File::create(&path).expect("create");
+    f.write_all(content.as_bytes()).expect("write");
+    (dir, path)
+}
