@@ -50,6 +50,8 @@ pub struct Config {
     pub max_multibulk_len: usize,
     /// Longest inline (telnet-style) request line.
     pub max_inline_len: usize,
+    /// Most memory one request may hold while it is read (Redis's query buffer limit).
+    pub max_request_len: usize,
     /// A connection whose unsent replies exceed this many bytes is closed.
     pub max_output_buffer: usize,
     /// Initial LMDB map size in bytes; the map doubles whenever it fills.
@@ -74,8 +76,9 @@ impl Default for Config {
             requirepass: None,
             max_clients: 10_000,
             max_bulk_len: 512 * 1024 * 1024,
-            max_multibulk_len: 1024 * 1024,
+            max_multibulk_len: i32::MAX as usize,
             max_inline_len: 64 * 1024,
+            max_request_len: 1024 * 1024 * 1024,
             max_output_buffer: 1024 * 1024 * 1024,
             initial_map_size: 256 * 1024 * 1024,
             expire_sweep_keys: 1000,
@@ -128,6 +131,7 @@ pub struct FileConfig {
     max_bulk_len: Option<usize>,
     max_multibulk_len: Option<usize>,
     max_inline_len: Option<usize>,
+    max_request_len: Option<usize>,
     max_output_buffer: Option<usize>,
     initial_map_size: Option<usize>,
     expire_sweep_keys: Option<usize>,
@@ -196,6 +200,7 @@ impl Config {
             max_bulk_len,
             max_multibulk_len,
             max_inline_len,
+            max_request_len,
             max_output_buffer,
             initial_map_size,
             expire_sweep_keys,
@@ -243,6 +248,9 @@ impl Config {
         }
         if self.max_multibulk_len == 0 {
             return bad("max-multibulk-len", "must be at least 1");
+        }
+        if self.max_request_len < self.max_bulk_len {
+            return bad("max-request-len", "must be at least max-bulk-len");
         }
         if self.max_inline_len < 64 {
             return bad("max-inline-len", "must be at least 64");

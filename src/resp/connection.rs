@@ -89,6 +89,7 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream, info: Arc<ClientInfo>) {
         max_bulk_len: node.config.max_bulk_len,
         max_multibulk_len: node.config.max_multibulk_len,
         max_inline_len: node.config.max_inline_len,
+        max_request_len: node.config.max_request_len,
     };
     let mut parser = RequestParser::new(limits);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);

@@ -51,15 +51,21 @@ pub struct Limits {
     /// Longest accepted inline command line, and also the longest accepted
     /// `*`/`$` header line (Redis's `PROTO_INLINE_MAX_SIZE` plays both roles).
     pub max_inline_len: usize,
+    /// Most memory one multibulk request may hold while it is read: its
+    /// payload bytes plus a fixed cost per argument (Redis's
+    /// `client-query-buffer-limit`). Bounds a request of many large bulks.
+    pub max_request_len: usize,
 }
 
 impl Default for Limits {
-    /// Redis's defaults: 512 MiB bulks, 1 Mi elements, 64 KiB inline lines.
+    /// Redis 7's defaults: 512 MiB bulks, no element limit below `i32::MAX`,
+    /// 64 KiB inline lines, 1 GiB per request.
     fn default() -> Self {
         Self {
             max_bulk_len: 512 * 1024 * 1024,
-            max_multibulk_len: 1024 * 1024,
+            max_multibulk_len: i32::MAX as usize,
             max_inline_len: 64 * 1024,
+            max_request_len: 1024 * 1024 * 1024,
         }
     }
 }
@@ -99,7 +105,13 @@ pub enum ParseError {
     /// silently skips two bytes).
     #[error("ERR Protocol error: expected CRLF after bulk")]
     ExpectedCrlfAfterBulk,
+    /// A multibulk request holds more than [`Limits::max_request_len`].
+    #[error("ERR Protocol error: request exceeds the query buffer limit")]
+    RequestTooBig,
 }
+
+/// Memory counted for each argument besides its payload (the `Bytes` handle).
+const ARG_OVERHEAD: usize = 32;
 
 /// Renders the byte of [`ParseError::ExpectedDollar`] like Redis's `%c`,
 /// with CR and LF replaced by spaces (Redis's `addReplyErrorFormat` does the
@@ -150,6 +162,9 @@ pub struct RequestParser {
     args: Vec<Bytes>,
     /// Bytes known to be missing for the current frame at the last call.
     needed: usize,
+    /// Memory the current multibulk request holds or has declared (payloads
+    /// plus [`ARG_OVERHEAD`] per argument), checked against the request limit.
+    request_bytes: usize,
 }
 
 impl RequestParser {
@@ -162,6 +177,7 @@ impl RequestParser {
             remaining: 0,
             args: Vec::new(),
             needed: 0,
+            request_bytes: 0,
         }
     }
 
@@ -257,6 +273,7 @@ impl RequestParser {
                         .filter(|&c| c <= self.limits.max_multibulk_len)
                         .ok_or(ParseError::InvalidMultibulkLength)?;
                     self.remaining = count;
+                    self.request_bytes = 0;
                     self.args = Vec::with_capacity(count.min(MAX_ARGS_PREALLOC));
                     self.stage = Stage::BulkHeader;
                 }
@@ -276,6 +293,10 @@ impl RequestParser {
                         .ok()
                         .filter(|&l| l <= self.limits.max_bulk_len)
                         .ok_or(ParseError::InvalidBulkLength)?;
+                    self.request_bytes = self.request_bytes.saturating_add(len).saturating_add(ARG_OVERHEAD);
+                    if self.request_bytes > self.limits.max_request_len {
+                        return Err(ParseError::RequestTooBig);
+                    }
                     self.stage = Stage::BulkPayload(len);
                 }
                 Stage::BulkPayload(len) => {
@@ -728,7 +749,7 @@ mod tests {
             b"*01\r\n",
             b"*-0\r\n",
             b"*1 \r\n",
-            b"*1048577\r\n",
+            b"*2147483648\r\n",
             b"*99999999999999999999\r\n",
             b"*9223372036854775808\r\n",
             b"*1\rx",
@@ -907,8 +928,14 @@ mod tests {
             max_bulk_len: 4,
             max_multibulk_len: 2,
             max_inline_len: 8,
+            max_request_len: 4 + 32 + 3 + 32,
         };
         let run = |input: &[u8]| parse_chunked_with(input, &[input.len()], limits);
+        assert_eq!(
+            run(b"*2\r\n$4\r\nabcd\r\n$3\r\nabc\r\n").unwrap(),
+            vec![req(&[b"abcd", b"abc"])]
+        );
+        assert_eq!(run(b"*2\r\n$4\r\nabcd\r\n$4\r\n"), Err(ParseError::RequestTooBig));
         assert_eq!(run(b"*1\r\n$4\r\nabcd\r\n").unwrap(), vec![req(&[b"abcd"])]);
         assert_eq!(run(b"*1\r\n$5\r\n"), Err(ParseError::InvalidBulkLength));
         assert_eq!(run(b"*3\r\n"), Err(ParseError::InvalidMultibulkLength));

@@ -24,9 +24,13 @@ fn wrongpass() -> Reply {
     Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
 }
 
-/// Checks a user name and password against `requirepass`.
-fn check_password(ctx: &mut Ctx<'_>, user: &[u8], pass: &[u8]) -> Result<(), Reply> {
+/// Checks a user name and password against `requirepass`. Without a password the
+/// `default` user takes any password (Redis's `nopass`), but the one-argument form of AUTH
+/// is refused as Redis refuses it, since it means the client expected a password.
+fn check_password(ctx: &mut Ctx<'_>, user: &[u8], pass: &[u8], explicit_user: bool) -> Result<(), Reply> {
     match &ctx.node.config.requirepass {
+        None if explicit_user && user == b"default" => Ok(()),
+        None if explicit_user => Err(wrongpass()),
         None => Err(Reply::err(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         )),
@@ -40,12 +44,12 @@ fn check_password(ctx: &mut Ctx<'_>, user: &[u8], pass: &[u8]) -> Result<(), Rep
 
 /// AUTH [username] password
 pub fn auth(ctx: &mut Ctx<'_>) -> Reply {
-    let (user, pass) = match ctx.args.len() {
-        2 => (Bytes::from_static(b"default"), ctx.args[1].clone()),
-        3 => (ctx.args[1].clone(), ctx.args[2].clone()),
+    let (user, pass, explicit) = match ctx.args.len() {
+        2 => (Bytes::from_static(b"default"), ctx.args[1].clone(), false),
+        3 => (ctx.args[1].clone(), ctx.args[2].clone(), true),
         _ => return Reply::err("ERR syntax error"),
     };
-    match check_password(ctx, &user, &pass) {
+    match check_password(ctx, &user, &pass, explicit) {
         Ok(()) => Reply::Ok,
         Err(r) => r,
     }
@@ -66,7 +70,7 @@ pub fn hello(ctx: &mut Ctx<'_>) -> Reply {
     let args = ctx.args.clone();
     while i < args.len() {
         if is(&args[i], "auth") && i + 2 < args.len() {
-            if let Err(r) = check_password(ctx, &args[i + 1], &args[i + 2]) {
+            if let Err(r) = check_password(ctx, &args[i + 1], &args[i + 2], true) {
                 return r;
             }
             i += 3;

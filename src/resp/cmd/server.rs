@@ -58,37 +58,35 @@ pub fn command(ctx: &mut Ctx<'_>) -> Reply {
     }
     let sub = ctx.args[1].clone();
     let names = &ctx.args[2..];
-    if is(&sub, "count") && names.is_empty() {
-        Reply::Int(COMMANDS.len() as i64)
-    } else if is(&sub, "info") {
-        if names.is_empty() {
-            return Reply::Array(COMMANDS.iter().map(command_entry).collect());
-        }
-        Reply::Array(
+    let sub_name = String::from_utf8_lossy(&sub).to_ascii_lowercase();
+    match sub_name.as_str() {
+        "count" if !names.is_empty() => Reply::err("ERR wrong number of arguments for 'command|count' command"),
+        "count" => Reply::Int(COMMANDS.len() as i64),
+        "list" => Reply::Array(COMMANDS.iter().map(|s| Reply::bulk(s.name)).collect()),
+        "info" if names.is_empty() => Reply::Array(COMMANDS.iter().map(command_entry).collect()),
+        "info" => Reply::Array(
             names
                 .iter()
                 .map(|n| lookup(n).map(command_entry).unwrap_or(Reply::Nil))
                 .collect(),
-        )
-    } else if is(&sub, "docs") {
-        let specs: Vec<&Spec> = if names.is_empty() {
-            COMMANDS.iter().collect()
-        } else {
-            names.iter().filter_map(|n| lookup(n)).collect()
-        };
-        Reply::Map(
-            specs
-                .into_iter()
-                .map(|s| (Reply::bulk(s.name), command_doc(s)))
-                .collect(),
-        )
-    } else if is(&sub, "list") {
-        Reply::Array(COMMANDS.iter().map(|s| Reply::bulk(s.name)).collect())
-    } else {
-        Reply::err(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try COMMAND HELP.",
+        ),
+        "docs" => {
+            let specs: Vec<&Spec> = if names.is_empty() {
+                COMMANDS.iter().collect()
+            } else {
+                names.iter().filter_map(|n| lookup(n)).collect()
+            };
+            Reply::Map(
+                specs
+                    .into_iter()
+                    .map(|s| (Reply::bulk(s.name), command_doc(s)))
+                    .collect(),
+            )
+        }
+        _ => Reply::err(format!(
+            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
             String::from_utf8_lossy(&sub)
-        ))
+        )),
     }
 }
 
