@@ -11,12 +11,8 @@ use crate::resp::reply::Reply;
 
 /// DEL key [key ...] and UNLINK: writes a tombstone over each live key; replies the count.
 pub async fn del(ctx: &mut Ctx<'_>) -> Outcome {
-    let mut keys: Vec<Bytes> = Vec::with_capacity(ctx.args.len() - 1);
-    for k in &ctx.args[1..] {
-        if !keys.contains(k) {
-            keys.push(k.clone());
-        }
-    }
+    let mut seen = ahash::AHashSet::with_capacity(ctx.args.len() - 1);
+    let keys: Vec<Bytes> = ctx.args[1..].iter().filter(|k| seen.insert(*k)).cloned().collect();
     let submitted = ctx
         .node
         .coord

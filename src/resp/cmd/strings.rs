@@ -251,10 +251,16 @@ pub async fn mset(ctx: &mut Ctx<'_>, only_if_none: bool) -> Outcome {
         return Reply::err(format!("ERR wrong number of arguments for '{name}' command")).into();
     }
     // A key given twice takes its last value, as in Redis.
+    let mut index: ahash::AHashMap<Bytes, usize> = ahash::AHashMap::with_capacity(ctx.args.len() / 2);
     let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(ctx.args.len() / 2);
     for kv in ctx.args[1..].chunks(2) {
-        pairs.retain(|(k, _)| k != &kv[0]);
-        pairs.push((kv[0].clone(), kv[1].clone()));
+        match index.get(&kv[0]) {
+            Some(&i) => pairs[i].1 = kv[1].clone(),
+            None => {
+                index.insert(kv[0].clone(), pairs.len());
+                pairs.push((kv[0].clone(), kv[1].clone()));
+            }
+        }
     }
     let keys: Vec<Bytes> = pairs.iter().map(|(k, _)| k.clone()).collect();
     let submitted = ctx
