@@ -14,6 +14,8 @@
 #   BENCH_N     requests per redis-benchmark run (default: 100000 for -P 1, 200000 for -P 16)
 #   BENCH_CLIENTS  concurrent connections (default 50)
 #   BENCH_REPEAT  runs per cell; the median-rps run is reported (default 1)
+#   BENCH_PIN=1 pin servers to the last CPU and redis-benchmark to the others with
+#               taskset (on small machines the client otherwise steals the server's cores)
 #   TMPDIR      where the temporary data dirs go (use a real disk for fsync numbers)
 #   BENCH_OUT   CSV output path (default: <repo>/benches/results/vs_redis.csv)
 #
@@ -36,6 +38,15 @@ OUT="${BENCH_OUT:-$REPO_ROOT/benches/results/vs_redis.csv}"
 HOST=127.0.0.1
 RUN_TIMEOUT="${BENCH_TIMEOUT:-900}"
 REPEAT="${BENCH_REPEAT:-1}"
+SERVER_PIN=()
+CLIENT_PIN=()
+if [[ "${BENCH_PIN:-0}" == 1 ]]; then
+    command -v taskset >/dev/null 2>&1 || die "BENCH_PIN=1 needs taskset (util-linux)"
+    ncpu="$(nproc)"
+    (( ncpu >= 2 )) || die "BENCH_PIN=1 needs at least 2 CPUs"
+    SERVER_PIN=(taskset -c "$((ncpu - 1))")
+    CLIENT_PIN=(taskset -c "0-$((ncpu - 2))")
+fi
 
 die() { echo "error: $*" >&2; exit 1; }
 
@@ -64,12 +75,31 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# free_port: a free port P in 20000..55000 with P+10000 (dynkv's default cluster
+# port) free as well.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null && return
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import random, socket
+def ok(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    p = random.randint(20000, 55000)
+    if ok(p) and ok(p + 10000):
+        print(p); break'
+        return
+    fi
     local p
     while :; do
-        p=$(( 20000 + RANDOM % 40000 ))
-        (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null || { echo "$p"; return; }
+        p=$(( 20000 + RANDOM % 35000 ))
+        if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/$HOST/$((p + 10000))") 2>/dev/null; then
+            echo "$p"; return
+        fi
     done
 }
 
@@ -90,7 +120,7 @@ start_redis() {  # PORT DIR persist(no|always)
     mkdir -p "$dir"
     local persist=(--appendonly no)
     [[ "$mode" == always ]] && persist=(--appendonly yes --appendfsync always)
-    redis-server --bind "$HOST" --port "$port" --save '' "${persist[@]}" --dir "$dir" \
+    "${SERVER_PIN[@]}" redis-server --bind "$HOST" --port "$port" --save '' "${persist[@]}" --dir "$dir" \
         --logfile "" >"$log" 2>&1 &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
@@ -101,9 +131,9 @@ start_dynkv() {  # PORT DIR fsync(no|always)
     local port="$1" dir="$2" mode="$3" log="$2.log"
     mkdir -p "$dir"
     if [[ -n "$DYNKV_CMD" ]]; then
-        PORT="$port" DIR="$dir" FSYNC="$mode" bash -c "$DYNKV_CMD" >"$log" 2>&1 &
+        PORT="$port" DIR="$dir" FSYNC="$mode" "${SERVER_PIN[@]}" bash -c "$DYNKV_CMD" >"$log" 2>&1 &
     else
-        "$DYNKV_BIN" server --bind "$HOST" --port "$port" --data-dir "$dir" --fsync "$mode" >"$log" 2>&1 &
+        "${SERVER_PIN[@]}" "$DYNKV_BIN" server --bind "$HOST" --port "$port" --data-dir "$dir" --fsync "$mode" >"$log" 2>&1 &
     fi
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
@@ -123,7 +153,7 @@ bench() {
 
 bench_once() {
     local port="$1" pipeline="$2" n="$3" raw
-    raw="$(timeout "$RUN_TIMEOUT" redis-benchmark -h "$HOST" -p "$port" -t set,get -n "$n" \
+    raw="$(timeout "$RUN_TIMEOUT" "${CLIENT_PIN[@]}" redis-benchmark -h "$HOST" -p "$port" -t set,get -n "$n" \
         -c "$CLIENTS" -P "$pipeline" --csv 2>&1)" || {
         echo "redis-benchmark failed on port $port (P=$pipeline):" >&2; echo "$raw" >&2; return 1; }
     # --csv columns (redis-benchmark 7): test,rps,avg,min,p50,p95,p99,max
@@ -146,7 +176,7 @@ run_scenario() {  # NAME MODE(no|always)
     # warm-up (not recorded): first connections, allocator, page cache
     local port
     for port in "$rport" "$dport"; do
-        timeout "$RUN_TIMEOUT" redis-benchmark -h "$HOST" -p "$port" -t set,get -n 10000 \
+        timeout "$RUN_TIMEOUT" "${CLIENT_PIN[@]}" redis-benchmark -h "$HOST" -p "$port" -t set,get -n 10000 \
             -c "$CLIENTS" -P 16 -q >/dev/null 2>&1 || die "warm-up against port $port failed"
     done
     local p n rres dres test
@@ -184,7 +214,7 @@ run_cluster_row() {
 
 echo "# dynkv vs redis-server: $(redis-benchmark --version 2>/dev/null | head -n1), $(redis-server --version | awk '{print $3}')" >&2
 echo "# data dirs under $TMP_ROOT ($(df -PT "$TMP_ROOT" | awk 'NR == 2 {print $2 " on " $1}'))" >&2
-echo "# host: $(uname -srm), $(nproc 2>/dev/null || echo ?) cores, clients=$CLIENTS, date=$(date -u +%FT%TZ)" >&2
+echo "# host: $(uname -srm), $(nproc 2>/dev/null || echo ?) cores, clients=$CLIENTS, repeat=$REPEAT, pin=${BENCH_PIN:-0}, date=$(date -u +%FT%TZ)" >&2
 if [[ -n "$DYNKV_CMD" ]]; then echo "# dynkv side: DYNKV_CMD override ($DYNKV_CMD)" >&2
 else echo "# dynkv side: $DYNKV_BIN" >&2; fi
 

@@ -30,10 +30,23 @@ def dynkv_bin() -> Path:
     return Path(p) if p else REPO_ROOT / "target" / "debug" / "dynkv"
 
 
-def free_port() -> int:
+def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    """A free port P in 20000..55000 whose P+10000 (dynkv's default cluster port) is free too."""
+    import random
+    for _ in range(1000):
+        p = random.randint(20000, 55000)
+        if _port_free(p) and _port_free(p + 10000):
+            return p
+    raise RuntimeError("no free port pair found")
 
 
 class Server:
@@ -147,6 +160,14 @@ def server(tmp_root):
 @pytest.fixture(scope="session")
 def auth_server(tmp_root):
     srv = start_server(tmp_root, "auth", password="s3cret-pw")
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture
+def fresh_server(tmp_root, request):
+    """A dedicated server for tests that may wedge or crash it (huge requests)."""
+    srv = start_server(tmp_root, "fresh-" + request.node.name)
     yield srv
     stop_server(srv)
 

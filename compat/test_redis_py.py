@@ -672,8 +672,14 @@ def test_auth_default_user_without_password(server):
     u3.close()
 
 
-def test_mset_over_one_million_args(r):
-    # Redis accepts multibulk lengths above 1024*1024 from authenticated clients
+def test_mset_over_one_million_args(fresh_server):
+    # Redis accepts multibulk lengths above 1024*1024 from authenticated clients.
+    # Runs on its own server: a server that chokes on it must not take the others down.
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    r = redis.Redis(host=fresh_server.host, port=fresh_server.port, protocol=2,
+                    socket_timeout=60, retry=Retry(NoBackoff(), 0))
     n = 600_000  # 1,200,001 arguments
     args = []
     for i in range(n):
@@ -681,6 +687,10 @@ def test_mset_over_one_million_args(r):
     assert r.execute_command("MSET", *args) is True
     assert r.dbsize() == n
     assert r.get("big:599999") == b"v"
+    # duplicates: the last value wins
+    assert r.execute_command("MSET", *(args + [b"big:0", b"w"])) is True
+    assert r.get("big:0") == b"w"
+    r.close()
 
 
 # ---------------------------------------------------------------- siblings

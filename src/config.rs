@@ -64,6 +64,22 @@ pub struct Config {
     pub tombstone_grace_secs: u64,
     /// Threads that run connections and commands (the LMDB writer has its own).
     pub threads: usize,
+    /// Client addresses (`host:port`, or `host:port@clusterport`) of other members.
+    pub seeds: Vec<String>,
+    /// Internode port; default: the client port + 10000.
+    pub cluster_port: Option<u16>,
+    /// Shared secret every member proves at internode connection start.
+    pub cluster_secret: Option<String>,
+    /// Replicas per key.
+    pub n: usize,
+    /// Replies a read waits for.
+    pub r: usize,
+    /// Durable acknowledgements a write waits for.
+    pub w: usize,
+    /// Deadline of one internode request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// This node's placement weight (a node of weight 2 coordinates twice the partitions).
+    pub weight: f64,
 }
 
 impl Default for Config {
@@ -85,6 +101,14 @@ impl Default for Config {
             expire_sweep_interval_ms: 100,
             tombstone_grace_secs: 3600,
             threads: default_threads(),
+            seeds: Vec::new(),
+            cluster_port: None,
+            cluster_secret: None,
+            n: 3,
+            r: 2,
+            w: 2,
+            request_timeout_ms: 1000,
+            weight: 1.0,
         }
     }
 }
@@ -138,6 +162,14 @@ pub struct FileConfig {
     expire_sweep_interval_ms: Option<u64>,
     tombstone_grace_secs: Option<u64>,
     threads: Option<usize>,
+    seeds: Option<Vec<String>>,
+    cluster_port: Option<u16>,
+    cluster_secret: Option<String>,
+    n: Option<usize>,
+    r: Option<usize>,
+    w: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    weight: Option<f64>,
 }
 
 /// The flags of `dynkv server`; each overrides the config file.
@@ -173,6 +205,30 @@ pub struct ServerArgs {
     /// Threads for connections and commands (default: half the cores, at least 1).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Other members' client addresses, comma-separated (`host:port` or `host:port@clusterport`).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Internode port (default: client port + 10000).
+    #[arg(long)]
+    pub cluster_port: Option<u16>,
+    /// Shared cluster secret (required with --seeds).
+    #[arg(long)]
+    pub cluster_secret: Option<String>,
+    /// Replicas per key (default 3).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Replies a read waits for (default 2).
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// Acknowledgements a write waits for (default 2).
+    #[arg(long)]
+    pub w: Option<usize>,
+    /// Deadline of one internode request in milliseconds (default 1000).
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Placement weight of this node (default 1).
+    #[arg(long)]
+    pub weight: Option<f64>,
 }
 
 impl Config {
@@ -206,8 +262,20 @@ impl Config {
             expire_sweep_keys,
             expire_sweep_interval_ms,
             tombstone_grace_secs,
-            threads
+            threads,
+            seeds,
+            n,
+            r,
+            w,
+            request_timeout_ms,
+            weight
         );
+        if f.cluster_port.is_some() {
+            self.cluster_port = f.cluster_port;
+        }
+        if f.cluster_secret.is_some() {
+            self.cluster_secret = f.cluster_secret.clone();
+        }
         if f.requirepass.is_some() {
             self.requirepass = f.requirepass.clone();
         }
@@ -225,8 +293,20 @@ impl Config {
             max_clients,
             max_bulk_len,
             initial_map_size,
-            threads
+            threads,
+            seeds,
+            n,
+            r,
+            w,
+            request_timeout_ms,
+            weight
         );
+        if a.cluster_port.is_some() {
+            self.cluster_port = a.cluster_port;
+        }
+        if a.cluster_secret.is_some() {
+            self.cluster_secret = a.cluster_secret.clone();
+        }
         if a.requirepass.is_some() {
             self.requirepass = a.requirepass.clone();
         }
@@ -261,6 +341,36 @@ impl Config {
         if self.expire_sweep_keys == 0 || self.expire_sweep_interval_ms == 0 {
             return bad("expire-sweep", "keys and interval must be positive");
         }
+        if self.n == 0 || self.n > 16 {
+            return bad("n", "must be between 1 and 16");
+        }
+        if self.r == 0 || self.r > self.n {
+            return Err(ConfigError::Invalid {
+                name: "r",
+                reason: format!("must be between 1 and n ({}), got {}", self.n, self.r),
+            });
+        }
+        if self.w == 0 || self.w > self.n {
+            return Err(ConfigError::Invalid {
+                name: "w",
+                reason: format!("must be between 1 and n ({}), got {}", self.n, self.w),
+            });
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request-timeout-ms", "must be positive");
+        }
+        if !(self.weight.is_finite() && self.weight > 0.0 && self.weight <= 1000.0) {
+            return bad("weight", "must be a number in (0, 1000]");
+        }
+        if !self.seeds.is_empty() && self.cluster_secret.as_deref().is_none_or(str::is_empty) {
+            return bad(
+                "cluster-secret",
+                "is required when seeds are given (every member must share it)",
+            );
+        }
+        if self.clustered() && self.cluster_port.is_none() && self.port > u16::MAX - 10000 {
+            return bad("cluster-port", "must be given when port + 10000 exceeds 65535");
+        }
         if self.threads == 0 || self.threads > 1024 {
             return bad("threads", "must be between 1 and 1024");
         }
@@ -268,6 +378,18 @@ impl Config {
             return bad("requirepass", "must not be empty");
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The internode port: the configured one, or the client port + 10000.
+    pub fn internode_port(&self) -> u16 {
+        self.cluster_port.unwrap_or(self.port.saturating_add(10000))
+    }
+
+    /// Whether this node takes part in a cluster (listens for peers).
+    pub fn clustered(&self) -> bool {
+        !self.seeds.is_empty() || self.cluster_secret.is_some()
     }
 }
 
@@ -322,5 +444,30 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(Config::load(&args), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn quorum_settings_are_validated() {
+        let bad_r = ServerArgs {
+            r: Some(4),
+            ..Default::default()
+        };
+        let err = Config::load(&bad_r).expect_err("r > n must be refused").to_string();
+        assert!(err.contains("invalid setting r"), "{err}");
+        let seeds_without_secret = ServerArgs {
+            seeds: Some(vec!["127.0.0.1:7001".into()]),
+            ..Default::default()
+        };
+        let err = Config::load(&seeds_without_secret)
+            .expect_err("secret required")
+            .to_string();
+        assert!(err.contains("cluster-secret"), "{err}");
+        let ok = ServerArgs {
+            n: Some(5),
+            r: Some(3),
+            w: Some(3),
+            ..Default::default()
+        };
+        assert!(Config::load(&ok).is_ok());
     }
 }

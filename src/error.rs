@@ -29,4 +29,35 @@ pub enum CoordError {
     /// The local replica failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Too few replicas answered in time; names each failed replica and its cause.
+    #[error("quorum not met for {op}: {got} of {needed} replicas answered{causes}")]
+    Quorum {
+        /// "read" or "write".
+        op: &'static str,
+        /// Replicas needed.
+        needed: usize,
+        /// Replicas that succeeded.
+        got: usize,
+        /// `; node <id>: <cause>` for each failed replica.
+        causes: String,
+    },
+    /// A peer could not be reached or answered with an error.
+    #[error("{0}")]
+    Peer(String),
+}
+
+impl CoordError {
+    /// A quorum error listing each failed replica's cause.
+    pub fn quorum(op: &'static str, needed: usize, got: usize, failed: Vec<(u64, String)>) -> CoordError {
+        let causes = failed
+            .iter()
+            .map(|(n, e)| format!("; node {n:016x}: {e}"))
+            .collect::<String>();
+        CoordError::Quorum {
+            op,
+            needed,
+            got,
+            causes,
+        }
+    }
 }

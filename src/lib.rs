@@ -6,21 +6,30 @@
 //! - [`error`]: the library's error types.
 //! - [`shutdown`]: the one stop signal every loop takes.
 //! - [`clock`]: wall-clock time in the store's units.
-//! - [`ring`]: the partition (hash slot) of a key; later, preference lists. Pure.
+//! - [`ring`]: the partition (hash slot) of a key and the preference lists. Pure.
 //! - [`version`]: dotted version vectors and sibling sets, and their byte format. Pure.
 //! - [`storage`]: the LMDB store (the only module that imports `heed`), group commit.
-//! - [`coordinator`]: reads and writes of keys as decisions over sibling sets.
+//! - [`coordinator`]: reads and writes of keys as decisions over sibling sets, quorum
+//!   fan-out over replicas, read repair.
+//! - [`cluster`]: membership, placement view, discovery, internode messages.
+//! - [`rpc`]: the internode transport (framing, secret handshake, connection pool).
+//! - [`internode`]: what a node answers to its peers.
 //! - [`resp`]: the Redis protocol: parser, replies, connections, listener, commands.
 //! - [`sweep`]: background removal of expired and deleted records.
 //! - [`node`]: a running node's shared state; [`server`] starts and stops one.
+//! - [`dev_cluster`]: `dynkv dev-cluster`, a local cluster of real processes.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod dev_cluster;
 pub mod error;
+pub mod internode;
 pub mod node;
 pub mod resp;
 pub mod ring;
+pub mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod storage;

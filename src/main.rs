@@ -20,14 +20,43 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (the default).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
+    /// Start a local cluster of real dynkv processes; Ctrl-C stops them all.
+    DevCluster {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Client port of the first node; the others follow (internode ports are 10000 above).
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+        /// Directory for the nodes' data and logs.
+        #[arg(long, default_value = "./dynkv-dev-cluster")]
+        data_dir: std::path::PathBuf,
+        /// Extra flags passed to every node (e.g. `-- --fsync no`).
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Server(a)) => a,
+        Some(Command::Server(a)) => *a,
         None => cli.server,
+        Some(Command::DevCluster {
+            nodes,
+            base_port,
+            data_dir,
+            extra,
+        }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return runtime
+                .block_on(dynkv::dev_cluster::run(nodes, base_port, data_dir, extra))
+                .context("dev-cluster failed");
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DYNKV_LOG").unwrap_or_else(|_| "info".into()))

@@ -9,11 +9,17 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 
+use bytes::Bytes;
+
+use crate::cluster::messages;
+use crate::cluster::{MemberInfo, Membership, discovery};
 use crate::config::Config;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{ClusterLink, Coordinator, Quorum};
 use crate::error::StoreError;
+use crate::internode::PeerHandler;
 use crate::node::Node;
 use crate::resp::listener;
+use crate::rpc::{Pool, RpcConfig};
 use crate::shutdown::Shutdown;
 use crate::storage::Store;
 
@@ -23,6 +29,9 @@ pub enum ServerError {
     /// The store could not be opened or closed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// The cluster settings could not be used.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -37,7 +46,6 @@ pub enum ServerError {
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
     let store = Store::open(&config.data_dir, config.fsync, config.initial_map_size)?;
     let node_id = store.node_id()?;
-    let coord = Coordinator::new(node_id, store.clone());
     let addr = format!("{}:{}", config.bind, config.port);
     let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind {
         addr: addr.clone(),
@@ -46,6 +54,40 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
+    let mut peers = None;
+    let mut link = None;
+    if config.clustered() {
+        let caddr = format!("{}:{}", config.bind, config.internode_port());
+        let peer_listener = TcpListener::bind(&caddr).await.map_err(|source| ServerError::Bind {
+            addr: caddr.clone(),
+            source,
+        })?;
+        let me = MemberInfo {
+            id: node_id,
+            client_addr: local.to_string(),
+            cluster_addr: peer_listener.local_addr().map(|a| a.to_string()).unwrap_or(caddr),
+            weight: config.weight,
+        };
+        let membership = Arc::new(
+            Membership::new(me.clone(), discovery::load_members(&store))
+                .map_err(|e| ServerError::Cluster(e.to_string()))?,
+        );
+        let rpc_config = RpcConfig::new(Bytes::from(config.cluster_secret.clone().unwrap_or_default()));
+        let identity = messages::encode_identity(&me);
+        let pool = Pool::new(rpc_config.clone(), identity.clone());
+        link = Some(ClusterLink {
+            membership: membership.clone(),
+            pool: pool.clone(),
+            configured: Quorum {
+                n: config.n,
+                r: config.r,
+                w: config.w,
+            },
+            timeout: Duration::from_millis(config.request_timeout_ms),
+        });
+        peers = Some((peer_listener, rpc_config, identity, membership, pool));
+    }
+    let coord = Coordinator::new(node_id, store.clone(), link);
     // Single-node: a cluster of one keeps dead records only for the configured grace.
     let sweep = tokio::spawn(crate::sweep::run(
         coord.clone(),
@@ -56,6 +98,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     ));
     let node = Arc::new(Node::new(config, coord, shutdown.clone()));
     node.bound_port.store(u64::from(local.port()), Ordering::Relaxed);
+    let mut background = Vec::new();
+    if let Some((peer_listener, rpc_config, identity, membership, pool)) = peers {
+        tracing::info!("internode port {}", membership.me().cluster_addr);
+        let handler = Arc::new(PeerHandler::new(node.clone()));
+        let stop = shutdown.clone();
+        background.push(tokio::spawn(crate::rpc::serve(
+            peer_listener,
+            rpc_config,
+            identity,
+            handler,
+            async move { stop.wait().await },
+        )));
+        background.push(tokio::spawn(discovery::run(
+            membership,
+            pool,
+            node.config.seeds.clone(),
+            store.clone(),
+            shutdown.clone(),
+            Duration::from_millis(node.config.request_timeout_ms),
+        )));
+    }
     tracing::info!(
         node_id = format!("{node_id:016x}"),
         "dynkv listening on {local}, data in {}, fsync {}",
@@ -64,6 +127,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     );
     listener::run(node.clone(), listener).await;
     let _ = sweep.await;
+    for task in background {
+        let _ = task.await;
+    }
     store.close().await?;
     tracing::info!("dynkv stopped cleanly");
     Ok(())

@@ -38,7 +38,7 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, bud
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        let (next, items) = match coord.store().scan(cursor, budget) {
+        let (next, items) = match coord.store().scan(cursor, 0, budget) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("expiry sweep scan failed: {e}");

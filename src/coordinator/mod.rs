@@ -4,20 +4,35 @@
 //! A write is a *decision* taken over the key's current value (as the coordinator sees
 //! it): write nothing, or write one new sibling with either the coordinator's current
 //! context (superseding everything it has seen, as SET does) or a context the client gave
-//! (RESOLVE). The coordinator assigns the dot and stores the result. This shape is what a
-//! replicated coordinator runs too: decide on the merged read, apply on the coordinating
-//! replica, send the resulting set to the other replicas. Today the node is a cluster of
-//! one (N = R = W = 1), so the coordinating replica is the local store.
+//! (RESOLVE). The coordinator assigns the dot on its own replica, in one local transaction
+//! with the read the decision saw, then sends the resulting sibling set to the key's other
+//! replicas, which merge it; the write is acknowledged after W durable copies. Decisions
+//! that depend on the current value are taken over the quorum read (R replicas merged),
+//! which is first merged into the coordinator's replica. Reads return after R replies and
+//! keep listening until the timeout, then repair every replica that answered with an
+//! older or divergent set (read repair). A node without peers is a cluster of one and
+//! takes the same path with N = R = W = 1.
+
+pub mod quorum;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::clock;
+use crate::cluster::messages::{self, Request, Response};
+use crate::cluster::{MemberInfo, Membership};
 use crate::error::CoordError;
+use crate::ring::partition_of;
+use crate::rpc::Pool;
 use crate::storage::{Change, ScanItem, Store};
 use crate::version::{NewSibling, NodeId, SiblingSet, VersionVector};
+use quorum::{FanOut, Gathered, deadline_in};
 
 /// Which causal context a new sibling is written with.
 #[derive(Debug, Clone)]
@@ -74,17 +89,70 @@ impl Decision {
 /// write is durable at the required number of replicas.
 pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, CoordError>> + Send>>;
 
+/// Replication settings in force (already capped at the member count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quorum {
+    /// Replicas per key.
+    pub n: usize,
+    /// Replies a read waits for.
+    pub r: usize,
+    /// Durable acknowledgements a write waits for.
+    pub w: usize,
+}
+
+/// Counters of the coordinator, for INFO and metrics.
+#[derive(Debug, Default)]
+pub struct CoordStats {
+    /// Client requests sent on to another node because this one is not a replica.
+    pub forwards: AtomicU64,
+    /// Replicas repaired by read repair.
+    pub read_repairs: AtomicU64,
+    /// Requests that failed for want of a quorum.
+    pub quorum_failures: AtomicU64,
+    /// Internode requests served.
+    pub peer_requests: AtomicU64,
+}
+
+/// How this node reaches the rest of its cluster.
+pub struct ClusterLink {
+    /// Who the members are and where partitions live.
+    pub membership: Arc<Membership>,
+    /// Connections to peers.
+    pub pool: Pool,
+    /// Configured N, R, W (capped at the member count when used).
+    pub configured: Quorum,
+    /// Deadline of one internode request.
+    pub timeout: Duration,
+}
+
+/// Where a key's command runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// Here: this node is one of the key's replicas.
+    Local,
+    /// On this member: the first of the key's replicas.
+    Forward(MemberInfo),
+}
+
 /// Coordinates reads and writes of keys for this node.
 #[derive(Clone)]
 pub struct Coordinator {
     node_id: NodeId,
     store: Store,
+    cluster: Option<Arc<ClusterLink>>,
+    stats: Arc<CoordStats>,
 }
 
 impl Coordinator {
-    /// A coordinator over the local store, writing dots as `node_id`.
-    pub fn new(node_id: NodeId, store: Store) -> Coordinator {
-        Coordinator { node_id, store }
+    /// A coordinator over the local store, writing dots as `node_id`, with peers reached
+    /// through `cluster` (none: a cluster of one).
+    pub fn new(node_id: NodeId, store: Store, cluster: Option<ClusterLink>) -> Coordinator {
+        Coordinator {
+            node_id,
+            store,
+            cluster: cluster.map(Arc::new),
+            stats: Arc::new(CoordStats::default()),
+        }
     }
 
     /// This node's id (the name in version vectors).
@@ -97,20 +165,219 @@ impl Coordinator {
         &self.store
     }
 
-    /// The merged sibling set of `key` (dead siblings included), or `None`.
-    pub async fn read(&self, key: &[u8]) -> Result<Option<SiblingSet>, CoordError> {
+    /// The cluster link, when this node has peers.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.cluster.as_deref()
+    }
+
+    /// The coordinator's counters.
+    pub fn stats(&self) -> &CoordStats {
+        &self.stats
+    }
+
+    /// N, R, W in force for the current membership.
+    pub fn quorum(&self) -> Quorum {
+        match &self.cluster {
+            None => Quorum { n: 1, r: 1, w: 1 },
+            Some(c) => {
+                let members = c.membership.view().members().len().max(1);
+                let n = c.configured.n.min(members);
+                Quorum {
+                    n,
+                    r: c.configured.r.min(n),
+                    w: c.configured.w.min(n),
+                }
+            }
+        }
+    }
+
+    /// The replicas of `key`'s partition (this node alone without a cluster).
+    pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
+        match &self.cluster {
+            None => vec![self.node_id],
+            Some(c) => c.membership.view().replicas(partition_of(key), self.quorum().n),
+        }
+    }
+
+    /// Where a command on `key` runs: here when this node is one of the key's replicas,
+    /// else on the first of them.
+    pub fn route(&self, key: &[u8]) -> Route {
+        let Some(c) = &self.cluster else {
+            return Route::Local;
+        };
+        let view = c.membership.view();
+        let replicas = view.replicas(partition_of(key), self.quorum().n);
+        if replicas.contains(&self.node_id) {
+            return Route::Local;
+        }
+        match replicas.first().and_then(|id| view.member(*id)) {
+            Some(m) => Route::Forward(m.clone()),
+            None => Route::Local,
+        }
+    }
+
+    /// Sends one request to a peer and decodes its response.
+    pub async fn call(&self, member: &MemberInfo, req: &Request) -> Result<Response, String> {
+        let c = self.cluster.as_ref().ok_or("no cluster")?;
+        let addr = resolve(&member.cluster_addr).await.ok_or("unresolvable address")?;
+        let bytes = c
+            .pool
+            .call(addr, messages::encode(req), c.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        match messages::decode::<Response>(&bytes) {
+            Ok(Response::Error(e)) => Err(e),
+            Ok(r) => Ok(r),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Runs a client command on `member` as its coordinator (one hop); returns the reply
+    /// already encoded for protocol `proto`.
+    pub async fn forward(&self, member: &MemberInfo, proto: u8, args: Vec<Bytes>) -> Result<Bytes, CoordError> {
+        self.stats.forwards.fetch_add(1, Ordering::Relaxed);
+        match self.call(member, &Request::Forward { proto, args }).await {
+            Ok(Response::Reply(b)) => Ok(b),
+            Ok(other) => Err(CoordError::Peer(format!("unexpected answer to a forward: {other:?}"))),
+            Err(e) => Err(CoordError::Peer(format!(
+                "forward to {} failed: {e}",
+                member.client_addr
+            ))),
+        }
+    }
+
+    /// This node's own copy of `key`, without asking any other replica.
+    pub fn local(&self, key: &[u8]) -> Result<Option<SiblingSet>, CoordError> {
         Ok(self.store.get(key)?)
     }
 
+    /// Merges `set` into this node's copy of `key`, durably; true if the copy changed.
+    pub async fn merge_local(&self, key: Bytes, set: SiblingSet) -> Result<bool, CoordError> {
+        Ok(self
+            .store
+            .update(key, move |cur| match cur {
+                Some(mut c) => {
+                    let before = c.clone();
+                    c.merge(&set);
+                    if c == before {
+                        (Change::Keep, false)
+                    } else {
+                        (Change::Put(c), true)
+                    }
+                }
+                None => (Change::Put(set), true),
+            })
+            .await?)
+    }
+
+    /// The merged sibling set of `key` over R replicas (dead siblings included), or
+    /// `None`. Stale replicas seen before the timeout are repaired in the background.
+    pub async fn read(&self, key: &[u8]) -> Result<Option<SiblingSet>, CoordError> {
+        let Some(_) = &self.cluster else {
+            return Ok(self.store.get(key)?);
+        };
+        let replicas = self.replicas(key);
+        if replicas == [self.node_id] {
+            return Ok(self.store.get(key)?);
+        }
+        self.quorum_read(Bytes::copy_from_slice(key), &replicas).await
+    }
+
+    async fn quorum_read(&self, key: Bytes, replicas: &[NodeId]) -> Result<Option<SiblingSet>, CoordError> {
+        let q = self.quorum();
+        let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);
+        let deadline = deadline_in(timeout);
+        let me = self.clone();
+        let k = key.clone();
+        let mut fan = FanOut::start(replicas, move |node| {
+            let me = me.clone();
+            let k = k.clone();
+            async move { me.replica_get(node, k).await }
+        });
+        let mut got = Gathered::default();
+        if !fan.gather(q.r, deadline, &mut got).await {
+            self.stats.quorum_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(CoordError::quorum("read", q.r, got.ok.len(), got.failed));
+        }
+        let merged = merge_all(got.ok.iter().map(|(_, s)| s));
+        // Keep listening until the deadline, then repair every replica that is behind.
+        let me = self.clone();
+        tokio::spawn(async move {
+            let rest = fan.rest(deadline).await;
+            let mut answers = got.ok;
+            answers.extend(rest.ok);
+            me.repair(key, answers).await;
+        });
+        Ok(merged)
+    }
+
+    /// Sends the merge of `answers` to every replica whose answer differs from it.
+    async fn repair(&self, key: Bytes, answers: Vec<(NodeId, Option<SiblingSet>)>) {
+        let Some(merged) = merge_all(answers.iter().map(|(_, s)| s)) else {
+            return;
+        };
+        for (node, set) in answers {
+            if set.as_ref() == Some(&merged) {
+                continue;
+            }
+            let ok = if node == self.node_id {
+                self.merge_local(key.clone(), merged.clone()).await.is_ok()
+            } else {
+                self.replica_put(node, key.clone(), &merged).await.is_ok()
+            };
+            if ok {
+                self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = format!("{node:016x}"), "read repair");
+            }
+        }
+    }
+
+    async fn member(&self, node: NodeId) -> Result<MemberInfo, String> {
+        let c = self.cluster.as_ref().ok_or("no cluster")?;
+        c.membership
+            .view()
+            .member(node)
+            .cloned()
+            .ok_or_else(|| format!("unknown member {node:016x}"))
+    }
+
+    /// One replica's copy of a key (this node's from the store).
+    async fn replica_get(&self, node: NodeId, key: Bytes) -> Result<Option<SiblingSet>, String> {
+        if node == self.node_id {
+            return self.store.get(&key).map_err(|e| e.to_string());
+        }
+        let m = self.member(node).await?;
+        match self.call(&m, &Request::Get { key }).await? {
+            Response::Set(None) => Ok(None),
+            Response::Set(Some(b)) => SiblingSet::decode(&b).map(Some).map_err(|e| e.to_string()),
+            other => Err(format!("unexpected answer to a read: {other:?}")),
+        }
+    }
+
+    /// Sends a set to a replica, which merges it durably.
+    async fn replica_put(&self, node: NodeId, key: Bytes, set: &SiblingSet) -> Result<(), String> {
+        let m = self.member(node).await?;
+        let req = Request::Put {
+            key,
+            set: Bytes::from(set.to_bytes()),
+        };
+        match self.call(&m, &req).await? {
+            Response::Ack => Ok(()),
+            other => Err(format!("unexpected answer to a write: {other:?}")),
+        }
+    }
+
     /// Submits a write of one key: `decide` sees the current set and the time, returns a
-    /// decision and a result. Returns once the write is queued (writes of one caller
-    /// apply in submission order); the returned future resolves when it is durable.
-    pub async fn submit<T, F>(&self, key: Bytes, decide: F) -> Result<Pending<T>, CoordError>
+    /// decision and a result. A `blind` write's decision does not look at the current
+    /// value (SET without conditions), so no quorum read precedes it. Returns once the
+    /// write is queued locally (writes of one caller apply in submission order); the
+    /// returned future resolves when W replicas hold it durably.
+    pub async fn submit<T, F>(&self, key: Bytes, blind: bool, decide: F) -> Result<Pending<T>, CoordError>
     where
         T: Send + 'static,
         F: FnOnce(Option<&SiblingSet>, u64) -> (Decision, T) + Send + 'static,
     {
-        self.submit_many(vec![key], move |sets, now| {
+        self.submit_many(vec![key], blind, move |sets, now| {
             let (d, t) = decide(sets.first().and_then(|s| s.as_ref()), now);
             (vec![d], t)
         })
@@ -118,46 +385,251 @@ impl Coordinator {
     }
 
     /// [`Coordinator::submit`] over several keys, decided together atomically on this node.
-    pub async fn submit_many<T, F>(&self, keys: Vec<Bytes>, decide: F) -> Result<Pending<T>, CoordError>
+    pub async fn submit_many<T, F>(&self, keys: Vec<Bytes>, blind: bool, decide: F) -> Result<Pending<T>, CoordError>
     where
         T: Send + 'static,
         F: FnOnce(&[Option<SiblingSet>], u64) -> (Vec<Decision>, T) + Send + 'static,
     {
+        let replicated = self.cluster.is_some() && self.quorum().n > 1;
+        if replicated && !blind {
+            for k in &keys {
+                let replicas = self.replicas(k);
+                let others = replicas.iter().any(|r| *r != self.node_id);
+                if !others {
+                    continue;
+                }
+                if let Some(merged) = self.quorum_read(k.clone(), &replicas).await? {
+                    self.merge_local(k.clone(), merged).await?;
+                }
+            }
+        }
         let node = self.node_id;
         let committed = self
             .store
-            .submit_many(keys, move |sets| {
+            .submit_many(keys.clone(), move |sets| {
                 let now = clock::now_ms();
                 let (decisions, t) = decide(&sets, now);
+                let mut written = Vec::new();
                 let changes = sets
                     .into_iter()
                     .zip(decisions)
-                    .map(|(current, d)| apply(node, current, d))
+                    .enumerate()
+                    .map(|(i, (current, d))| {
+                        let change = apply(node, current, d);
+                        if let Change::Put(set) = &change {
+                            written.push((i, set.clone()));
+                        }
+                        change
+                    })
                     .collect();
-                (changes, t)
+                (changes, (t, written))
             })
             .await?;
-        Ok(Box::pin(async move { Ok(committed.wait().await?) }))
+        let me = self.clone();
+        Ok(Box::pin(async move {
+            let (t, written) = committed.wait().await?;
+            if replicated {
+                for (i, set) in written {
+                    me.replicate(keys[i].clone(), set).await?;
+                }
+            }
+            Ok(t)
+        }))
+    }
+
+    /// Sends a set just written here to the key's other replicas; returns after W
+    /// durable copies in all (this node's counts as one).
+    async fn replicate(&self, key: Bytes, set: SiblingSet) -> Result<(), CoordError> {
+        let q = self.quorum();
+        let replicas = self.replicas(&key);
+        let others: Vec<NodeId> = replicas.iter().copied().filter(|r| *r != self.node_id).collect();
+        let need = q.w.saturating_sub(1).min(others.len());
+        if others.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);
+        let me = self.clone();
+        let set = Arc::new(set);
+        let mut fan = FanOut::start(&others, move |node| {
+            let me = me.clone();
+            let key = key.clone();
+            let set = set.clone();
+            async move { me.replica_put(node, key, &set).await }
+        });
+        let mut got = Gathered::default();
+        if fan.gather(need, deadline_in(timeout), &mut got).await {
+            Ok(())
+        } else {
+            self.stats.quorum_failures.fetch_add(1, Ordering::Relaxed);
+            Err(CoordError::quorum("write", q.w, got.ok.len() + 1, got.failed))
+        }
     }
 
     /// Submits and waits: the common case of one write.
-    pub async fn write<T, F>(&self, key: Bytes, decide: F) -> Result<T, CoordError>
+    pub async fn write<T, F>(&self, key: Bytes, blind: bool, decide: F) -> Result<T, CoordError>
     where
         T: Send + 'static,
         F: FnOnce(Option<&SiblingSet>, u64) -> (Decision, T) + Send + 'static,
     {
-        self.submit(key, decide).await?.await
+        self.submit(key, blind, decide).await?.await
     }
 
-    /// Up to `count` records from scan position `cursor`, and where to resume (0: done).
+    /// Up to about `count` records from scan position `cursor` over the whole cluster,
+    /// and where to resume (0: done). Each partition is read from this node when it is
+    /// one of its replicas, else from its first replica.
     pub async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<ScanItem>), CoordError> {
-        Ok(self.store.scan(cursor, count)?)
+        let Some(c) = &self.cluster else {
+            return Ok(self.store.scan(cursor, 0, count)?);
+        };
+        let view = c.membership.view();
+        let n = self.quorum().n;
+        let source = |p: u16| -> NodeId {
+            let replicas = view.replicas(p, n);
+            if replicas.contains(&self.node_id) {
+                self.node_id
+            } else {
+                replicas.first().copied().unwrap_or(self.node_id)
+            }
+        };
+        let mut cursor = cursor;
+        let mut out = Vec::new();
+        loop {
+            let p = (cursor >> 50) as u16;
+            let src = source(p);
+            // The run of following partitions read from the same node.
+            let mut q = u32::from(p) + 1;
+            while q < 16384 && source(q as u16) == src {
+                q += 1;
+            }
+            let end = if q >= 16384 { 0 } else { u64::from(q) << 50 };
+            let budget = count.saturating_sub(out.len()).max(1);
+            let (next, items) = if src == self.node_id {
+                self.store.scan(cursor, end, budget)?
+            } else {
+                let m = self.member(src).await.map_err(CoordError::Peer)?;
+                let req = Request::Scan {
+                    cursor,
+                    end,
+                    count: budget.min(u32::MAX as usize) as u32,
+                };
+                match self.call(&m, &req).await.map_err(CoordError::Peer)? {
+                    Response::Scan { next, items } => {
+                        let mut decoded = Vec::with_capacity(items.len());
+                        for (key, set) in items {
+                            let set = SiblingSet::decode(&set).map_err(|e| CoordError::Peer(e.to_string()))?;
+                            decoded.push(ScanItem { key, set });
+                        }
+                        (next, decoded)
+                    }
+                    other => return Err(CoordError::Peer(format!("unexpected answer to a scan: {other:?}"))),
+                }
+            };
+            out.extend(items);
+            if next != end {
+                return Ok((next, out));
+            }
+            if end == 0 {
+                return Ok((0, out));
+            }
+            cursor = end;
+            if out.len() >= count {
+                return Ok((cursor, out));
+            }
+        }
     }
 
-    /// Removes every key.
-    pub async fn flush_all(&self) -> Result<(), CoordError> {
+    /// Records of this node's store from `cursor` up to `end` (0: the end).
+    pub fn scan_local(&self, cursor: u64, end: u64, count: usize) -> Result<(u64, Vec<ScanItem>), CoordError> {
+        Ok(self.store.scan(cursor, end, count)?)
+    }
+
+    /// Live keys in the given partitions of this node's store, and how many of them
+    /// have an expiry.
+    pub fn count_local(&self, partitions: &[u16]) -> Result<(u64, u64), CoordError> {
+        let now = clock::now_ms();
+        let (mut total, mut expiring) = (0, 0);
+        for &p in partitions {
+            let start = u64::from(p) << 50;
+            let end = if p >= 16383 { 0 } else { u64::from(p + 1) << 50 };
+            let mut cursor = start;
+            loop {
+                let (next, items) = self.store.scan(cursor, end, 1000)?;
+                for w in items.iter().filter_map(|it| it.set.winner(now)) {
+                    total += 1;
+                    expiring += u64::from(w.expires_at_ms.is_some());
+                }
+                if next == end || next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok((total, expiring))
+    }
+
+    /// Live keys in the whole cluster, and how many have an expiry: each member counts the
+    /// partitions it leads.
+    pub async fn count_all(&self) -> Result<(u64, u64), CoordError> {
+        let Some(c) = &self.cluster else {
+            return self.count_local(&(0..16384u16).collect::<Vec<_>>());
+        };
+        let view = c.membership.view();
+        let n = self.quorum().n;
+        let (mut total, mut expiring) = (0, 0);
+        for m in view.members() {
+            let partitions: Vec<u16> = (0..16384u16)
+                .filter(|&p| view.replicas(p, n).first() == Some(&m.id))
+                .collect();
+            let (k, e) = if m.id == self.node_id {
+                self.count_local(&partitions)?
+            } else {
+                match self
+                    .call(m, &Request::Count { partitions })
+                    .await
+                    .map_err(CoordError::Peer)?
+                {
+                    Response::Count(k, e) => (k, e),
+                    other => return Err(CoordError::Peer(format!("unexpected answer to a count: {other:?}"))),
+                }
+            };
+            total += k;
+            expiring += e;
+        }
+        Ok((total, expiring))
+    }
+
+    /// Removes every key on this node.
+    pub async fn flush_local(&self) -> Result<(), CoordError> {
         Ok(self.store.clear().await?)
     }
+
+    /// Removes every key of the cluster: every member flushes.
+    pub async fn flush_all(&self) -> Result<(), CoordError> {
+        self.flush_local().await?;
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        for m in c.membership.view().members().iter().filter(|m| m.id != self.node_id) {
+            self.call(m, &Request::Flush).await.map_err(CoordError::Peer)?;
+        }
+        Ok(())
+    }
+}
+
+/// The DVV merge of every answered set.
+fn merge_all<'a>(sets: impl Iterator<Item = &'a Option<SiblingSet>>) -> Option<SiblingSet> {
+    let mut merged: Option<SiblingSet> = None;
+    for s in sets.flatten() {
+        match &mut merged {
+            Some(m) => m.merge(s),
+            None => merged = Some(s.clone()),
+        }
+    }
+    merged
+}
+
+async fn resolve(addr: &str) -> Option<SocketAddr> {
+    crate::cluster::discovery::resolve(addr).await
 }
 
 /// Turns a decision into the change of the stored record, assigning the new dot.

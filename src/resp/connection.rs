@@ -136,6 +136,7 @@ async fn run(
                 node: &node,
                 client: &mut *client,
                 args,
+                routed: false,
             })
             .await;
             if client.silent {

@@ -30,6 +30,9 @@ pub enum Reply {
     Double(f64),
     /// Text for people (INFO, CLIENT INFO): RESP3 verbatim `txt`, a bulk string in RESP2.
     Text(String),
+    /// A reply already encoded by the node that ran the command (a forwarded request),
+    /// in this connection's protocol version.
+    Raw(Bytes),
 }
 
 impl Reply {
@@ -55,11 +58,25 @@ impl Reply {
 
     /// Whether this is an error reply.
     pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
+        matches!(self, Reply::Error(_)) || matches!(self, Reply::Raw(b) if b.first() == Some(&b'-'))
+    }
+
+    /// Reads a RESP2 reply that a peer encoded (a forwarded sub-request), so that it can
+    /// be combined with others. Peers are authenticated, but a malformed reply is still
+    /// an error reply, never a panic.
+    pub fn from_resp2(bytes: &Bytes) -> Reply {
+        match redis_protocol::resp2::decode::decode_bytes(bytes) {
+            Ok(Some((frame, _))) => from_frame2(frame),
+            _ => Reply::err("ERR malformed reply from a peer"),
+        }
     }
 
     /// Appends the encoding of this reply for protocol version `proto` (2 or 3).
     pub fn encode(&self, proto: u8, out: &mut BytesMut) {
+        if let Reply::Raw(b) = self {
+            out.extend_from_slice(b);
+            return;
+        }
         // Encoding an in-memory frame into a growable buffer cannot fail; a failure would
         // be a bug in the frame we built, so it is logged and the connection gets an error.
         let res = if proto >= 3 {
@@ -85,6 +102,7 @@ impl Reply {
             Reply::Map(kv) => Frame2::Array(kv.iter().flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()]).collect()),
             Reply::Double(d) => Frame2::BulkString(Bytes::from(format_double(*d))),
             Reply::Text(t) => Frame2::BulkString(Bytes::from(t.clone())),
+            Reply::Raw(_) => Frame2::Null,
         }
     }
 
@@ -138,7 +156,20 @@ impl Reply {
                 format: VerbatimStringFormat::Text,
                 attributes: None,
             },
+            Reply::Raw(_) => Frame3::Null,
         }
+    }
+}
+
+fn from_frame2(f: Frame2) -> Reply {
+    match f {
+        Frame2::SimpleString(s) if &s[..] == b"OK" => Reply::Ok,
+        Frame2::SimpleString(s) => Reply::Status(s),
+        Frame2::Error(e) => Reply::Error(e.to_string()),
+        Frame2::Integer(i) => Reply::Int(i),
+        Frame2::BulkString(b) => Reply::Bulk(b),
+        Frame2::Array(v) => Reply::Array(v.into_iter().map(from_frame2).collect()),
+        Frame2::Null => Reply::Nil,
     }
 }
 

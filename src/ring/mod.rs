@@ -2,5 +2,6 @@
 //! not touch storage or the network.
 
 pub mod partition;
+pub mod placement;
 
 pub use partition::{PARTITIONS, partition_of};

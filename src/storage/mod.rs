@@ -170,26 +170,36 @@ impl Store {
     /// stored durably the first time the data directory is used.
     pub fn node_id(&self) -> Result<u64, StoreError> {
         const KEY: &[u8] = b"node-id";
-        let existing = self.read(|rtxn| Ok(self.inner.meta.get(rtxn, KEY)?.map(|v| v.to_vec())))?;
-        if let Some(v) = existing {
+        if let Some(v) = self.meta_get(KEY)? {
             let bytes: [u8; 8] = v
                 .as_slice()
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("node-id".into()))?;
             return Ok(u64::from_be_bytes(bytes));
         }
-        // Called once at start, before the writer has work: a direct transaction is safe.
         let id = loop {
             let id: u64 = rand::random();
             if id != 0 {
                 break id;
             }
         };
+        self.meta_put(KEY, &id.to_be_bytes())?;
+        Ok(id)
+    }
+
+    /// A value of the node metadata database (node id, member list, ...).
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|rtxn| Ok(self.inner.meta.get(rtxn, key)?.map(|v| v.to_vec())))
+    }
+
+    /// Stores a metadata value durably, in its own transaction (metadata changes are rare;
+    /// LMDB serializes this transaction with the writer's).
+    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let mut wtxn = self.inner.env.write_txn()?;
-        self.inner.meta.put(&mut wtxn, KEY, &id.to_be_bytes())?;
+        self.inner.meta.put(&mut wtxn, key, value)?;
         wtxn.commit()?;
         self.inner.env.force_sync()?;
-        Ok(id)
+        Ok(())
     }
 
     /// The store's counters.
@@ -213,11 +223,12 @@ impl Store {
         })
     }
 
-    /// Visits up to `budget` records from scan position `cursor` (0 = the start), in
-    /// key order, and returns them with the position to resume from (0 = the end).
-    /// A resume position never splits the records of one position, so no record present
-    /// for a whole iteration is missed and none is returned twice by one pass.
-    pub fn scan(&self, cursor: u64, budget: usize) -> Result<(u64, Vec<ScanItem>), StoreError> {
+    /// Visits up to `budget` records from scan position `cursor` (0 = the start) up to
+    /// position `end` (exclusive; 0 = the end of the key space), in key order, and returns
+    /// them with the position to resume from: `end` when the range is done. A resume
+    /// position never splits the records of one position, so no record present for a
+    /// whole iteration is missed and none is returned twice by one pass.
+    pub fn scan(&self, cursor: u64, end: u64, budget: usize) -> Result<(u64, Vec<ScanItem>), StoreError> {
         let start = keys::position_start(cursor);
         self.read(|rtxn| {
             let mut out = Vec::new();
@@ -229,13 +240,16 @@ impl Store {
             {
                 let (lkey, bytes) = entry?;
                 let pos = keys::position(lkey);
+                if end != 0 && pos >= end {
+                    return Ok((end, out));
+                }
                 if out.len() >= budget.max(1) && last_pos != Some(pos) {
                     return Ok((pos, out));
                 }
                 last_pos = Some(pos);
                 out.push(item(lkey, bytes)?);
             }
-            Ok((0, out))
+            Ok((end, out))
         })
     }
 

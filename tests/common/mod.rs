@@ -131,8 +131,41 @@ impl Server {
         s
     }
 
+    /// Like [`Server::start_with`], but returns the failure (with the log) instead of
+    /// panicking, so that a caller can retry with other ports.
+    pub fn try_start_with(setup: Setup) -> Result<Server, String> {
+        raise_fd_limit();
+        let tmp = tempfile::Builder::new()
+            .prefix("dynkv-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = setup.data_dir.clone().unwrap_or_else(|| tmp.path().join("data"));
+        let log_path = tmp.path().join("dynkv.log");
+        let port = match setup.port {
+            PortMode::Pick => free_port(),
+            PortMode::Given(p) => p,
+        };
+        let mut s = Server {
+            child: None,
+            port,
+            setup,
+            data_dir,
+            log_path,
+            _tmp: tmp,
+        };
+        s.try_launch()?;
+        Ok(s)
+    }
+
     /// Spawns the process and waits until it answers PING; retries a port race.
     fn launch(&mut self) {
+        if let Err(msg) = self.try_launch() {
+            panic!("{msg}");
+        }
+    }
+
+    /// [`Server::launch`] without the panic.
+    fn try_launch(&mut self) -> Result<(), String> {
         for attempt in 0..5 {
             let log = OpenOptions::new()
                 .create(true)
@@ -156,7 +189,7 @@ impl Server {
             let child = cmd.spawn().expect("spawn dynkv");
             self.child = Some(child);
             match self.wait_ready() {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(status) => {
                     let log = self.log();
                     let raced = log.contains("cannot listen") || log.contains("in use");
@@ -164,10 +197,18 @@ impl Server {
                         self.port = free_port();
                         continue;
                     }
-                    panic!("dynkv did not become ready (exit: {status:?})\n--- log ---\n{}", log);
+                    if let Some(mut c) = self.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    return Err(format!(
+                        "dynkv did not become ready (exit: {status:?})\n--- log ---\n{}",
+                        log
+                    ));
                 }
             }
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Waits for `+PONG` (or `-NOAUTH` when a password is set); returns the exit status
@@ -584,4 +625,253 @@ pub fn write_temp_file(name: &str, content: &str) -> (tempfile::TempDir, PathBuf
     let mut f = File::create(&path).expect("create");
     f.write_all(content.as_bytes()).expect("write");
     (dir, path)
+}
+
+/// How long the members of a new cluster may take to learn each other.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to start a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterSetup {
+    /// How many nodes.
+    pub nodes: usize,
+    /// Replicas per key (`--n`).
+    pub n: usize,
+    /// Read quorum (`--r`).
+    pub r: usize,
+    /// Write quorum (`--w`).
+    pub w: usize,
+    /// Internode request deadline (`--request-timeout-ms`).
+    pub timeout_ms: u64,
+    /// The shared `--cluster-secret`.
+    pub secret: String,
+    /// Extra flags for every node.
+    pub args: Vec<String>,
+}
+
+impl ClusterSetup {
+    /// `nodes` nodes with N=3, R=2, W=2 and a 1 s request timeout.
+    pub fn new(nodes: usize) -> ClusterSetup {
+        ClusterSetup {
+            nodes,
+            n: 3,
+            r: 2,
+            w: 2,
+            timeout_ms: 1000,
+            secret: format!("test-secret-{}", std::process::id()),
+            args: Vec::new(),
+        }
+    }
+
+    /// Sets N, R and W.
+    pub fn nrw(mut self, n: usize, r: usize, w: usize) -> ClusterSetup {
+        (self.n, self.r, self.w) = (n, r, w);
+        self
+    }
+
+    /// Sets the internode request deadline.
+    pub fn timeout_ms(mut self, ms: u64) -> ClusterSetup {
+        self.timeout_ms = ms;
+        self
+    }
+
+    /// Adds flags for every node.
+    pub fn args(mut self, args: &[&str]) -> ClusterSetup {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+}
+
+/// A client port and an internode port, both free a moment ago and distinct from `taken`.
+fn free_port_pair(taken: &mut Vec<u16>) -> (u16, u16) {
+    let mut pick = || loop {
+        let p = free_port();
+        if !taken.contains(&p) {
+            taken.push(p);
+            return p;
+        }
+    };
+    (pick(), pick())
+}
+
+/// K real dynkv processes on loopback forming one cluster (each with its own data
+/// directory and log); every node is killed when the guard is dropped.
+pub struct Cluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<Server>,
+    /// Each node's internode port (same order).
+    pub cluster_ports: Vec<u16>,
+    /// How the cluster was started.
+    pub setup: ClusterSetup,
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes with N=3, R=2, W=2 and waits until every node knows all.
+    pub fn start(nodes: usize) -> Cluster {
+        Cluster::start_with(ClusterSetup::new(nodes))
+    }
+
+    /// Starts a cluster as `setup` says and waits until every node knows every other
+    /// (`cluster_known_nodes`); retries a port race with fresh ports.
+    pub fn start_with(setup: ClusterSetup) -> Cluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut taken = Vec::new();
+            let ports: Vec<(u16, u16)> = (0..setup.nodes).map(|_| free_port_pair(&mut taken)).collect();
+            let seeds = ports
+                .iter()
+                .map(|(p, c)| format!("127.0.0.1:{p}@{c}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut nodes = Vec::new();
+            let mut failed = None;
+            for &(port, cport) in &ports {
+                let mut args: Vec<String> = vec![
+                    "--port".into(),
+                    port.to_string(),
+                    "--cluster-port".into(),
+                    cport.to_string(),
+                    "--seeds".into(),
+                    seeds.clone(),
+                    "--cluster-secret".into(),
+                    setup.secret.clone(),
+                    "--n".into(),
+                    setup.n.to_string(),
+                    "--r".into(),
+                    setup.r.to_string(),
+                    "--w".into(),
+                    setup.w.to_string(),
+                    "--request-timeout-ms".into(),
+                    setup.timeout_ms.to_string(),
+                ];
+                args.extend(setup.args.iter().cloned());
+                match Server::try_start_with(Setup {
+                    args,
+                    data_dir: None,
+                    port: PortMode::Given(port),
+                    password: None,
+                }) {
+                    Ok(s) => nodes.push(s),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(e) if e.contains("in use") || e.contains("cannot listen") => {
+                    last = e;
+                    continue;
+                }
+                Some(e) => panic!("a cluster node did not start: {e}"),
+                None => {
+                    let c = Cluster {
+                        nodes,
+                        cluster_ports: ports.iter().map(|p| p.1).collect(),
+                        setup: setup.clone(),
+                    };
+                    c.wait_known(setup.nodes, JOIN_TIMEOUT);
+                    return c;
+                }
+            }
+        }
+        panic!("no free ports for the cluster after 3 attempts: {last}");
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &Server {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, mutably (to stop, kill or restart it).
+    pub fn node_mut(&mut self, i: usize) -> &mut Server {
+        &mut self.nodes[i]
+    }
+
+    /// The `--seeds` value naming every node (`127.0.0.1:P@CP,...`).
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .zip(&self.cluster_ports)
+            .map(|(s, c)| format!("127.0.0.1:{}@{c}", s.port()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A raw connection to node `i`.
+    pub fn raw(&self, i: usize) -> Raw {
+        self.nodes[i].raw()
+    }
+
+    /// Waits until every node reports `cluster_known_nodes:k`; panics (with the last
+    /// CLUSTER INFO of each node) after `timeout`.
+    pub fn wait_known(&self, k: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen: Vec<Option<u64>> = self.nodes.iter().map(known_nodes).collect();
+            if seen.iter().all(|s| *s == Some(k as u64)) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("cluster did not converge to {k} known nodes within {timeout:?}: {seen:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Node `i`'s own copy of `key` (`DYNKV.LOCAL`): `None` when it holds none, else
+    /// (context, values).
+    pub fn local(&self, i: usize, key: &[u8]) -> Option<(String, Vec<Vec<u8>>)> {
+        local_copy(&mut self.raw(i), key)
+    }
+}
+
+/// `cluster_known_nodes` of a node, or `None` if it does not answer.
+pub fn known_nodes(s: &Server) -> Option<u64> {
+    let mut raw = Raw::try_connect(s.addr()).ok()?;
+    raw.set_timeout(Duration::from_secs(2));
+    raw.send(&encode(&[b"CLUSTER", b"INFO"])).ok()?;
+    match raw.read_reply().ok()? {
+        Resp::Bulk(b) => info_field(&String::from_utf8_lossy(&b), "cluster_known_nodes")?
+            .parse()
+            .ok(),
+        _ => None,
+    }
+}
+
+/// `DYNKV.LOCAL key` over `raw`: `None` for nil, else (context, live values).
+pub fn local_copy(raw: &mut Raw, key: &[u8]) -> Option<(String, Vec<Vec<u8>>)> {
+    match raw.cmd(&[b"DYNKV.LOCAL", key]) {
+        Resp::Nil => None,
+        Resp::Array(v) if v.len() == 2 => Some((v[0].text(), v[1].items().iter().map(Resp::bytes).collect())),
+        other => panic!("DYNKV.LOCAL {}: unexpected {other:?}", String::from_utf8_lossy(key)),
+    }
+}
+
+/// Sends every request at once, then reads one reply per request (in order).
+pub fn pipeline(raw: &mut Raw, reqs: &[Vec<Vec<u8>>]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    for r in reqs {
+        let args: Vec<&[u8]> = r.iter().map(Vec::as_slice).collect();
+        out.extend_from_slice(&encode(&args));
+    }
+    raw.send(&out).expect("send pipeline");
+    (0..reqs.len())
+        .map(|_| raw.read_reply().expect("read pipelined reply"))
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes; returns its last
+/// answer.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

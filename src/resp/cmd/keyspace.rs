@@ -16,7 +16,7 @@ pub async fn del(ctx: &mut Ctx<'_>) -> Outcome {
     let submitted = ctx
         .node
         .coord
-        .submit_many(keys, |sets, now| {
+        .submit_many(keys, false, |sets, now| {
             let mut n = 0;
             let decisions = sets
                 .iter()
@@ -127,7 +127,7 @@ pub async fn expire(ctx: &mut Ctx<'_>, cmd: &'static str) -> Outcome {
         return invalid().into();
     };
     let key = ctx.args[1].clone();
-    submit(ctx, key, move |cur, now| {
+    submit(ctx, key, false, move |cur, now| {
         let Some(s) = live(cur, now) else {
             return (Decision::Nothing, Reply::Int(0));
         };
@@ -176,7 +176,7 @@ pub async fn ttl(ctx: &mut Ctx<'_>, cmd: &'static str) -> Reply {
 /// PERSIST key: 1 if an expiry was removed.
 pub async fn persist(ctx: &mut Ctx<'_>) -> Outcome {
     let key = ctx.args[1].clone();
-    submit(ctx, key, |cur, now| match live(cur, now) {
+    submit(ctx, key, false, |cur, now| match live(cur, now) {
         Some(s) if s.expires_at_ms.is_some() => (Decision::put(s.value.clone(), None, now), Reply::Int(1)),
         _ => (Decision::Nothing, Reply::Int(0)),
     })
@@ -255,24 +255,8 @@ pub async fn keys(ctx: &mut Ctx<'_>) -> Reply {
     }
 }
 
-/// Counts live keys and keys with an expiry by walking the store (DBSIZE, INFO keyspace).
+/// Counts live keys (DBSIZE, INFO keyspace): over the whole cluster, each member counting
+/// the partitions it leads.
 pub async fn count_keys(ctx: &Ctx<'_>) -> Result<(u64, u64), Reply> {
-    let (mut keys, mut expires) = (0u64, 0u64);
-    let mut cursor = 0;
-    loop {
-        let (next, items) = ctx.node.coord.scan(cursor, 1000).await.map_err(coord_error)?;
-        let now = crate::clock::now_ms();
-        for it in items {
-            if let Some(w) = it.set.winner(now) {
-                keys += 1;
-                if w.expires_at_ms.is_some() {
-                    expires += 1;
-                }
-            }
-        }
-        if next == 0 {
-            return Ok((keys, expires));
-        }
-        cursor = next;
-    }
+    ctx.node.coord.count_all().await.map_err(coord_error)
 }

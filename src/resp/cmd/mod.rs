@@ -6,8 +6,10 @@
 //! CONFIG, DBSIZE, FLUSHALL, SHUTDOWN, ...), [`strings`] (GET, SET, APPEND, ...),
 //! [`keyspace`] (DEL, EXISTS, EXPIRE, TTL, SCAN, ...), [`siblings`] (SIBLINGS, RESOLVE).
 
+pub mod cluster;
 pub mod connection;
 pub mod keyspace;
+pub mod route;
 pub mod server;
 pub mod siblings;
 pub mod strings;
@@ -46,6 +48,9 @@ pub struct Ctx<'a> {
     pub client: &'a mut Client,
     /// The request.
     pub args: Vec<Bytes>,
+    /// Set when the request was already routed (forwarded here, or split by key): it runs
+    /// here whatever the placement says, so a request never hops twice.
+    pub routed: bool,
 }
 
 /// One command's static description.
@@ -85,327 +90,66 @@ macro_rules! spec {
 }
 
 /// Every command dynkv answers.
+#[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
-    spec!(
-        "ping",
-        -1,
-        &["fast"],
-        (0, 0, 0),
-        "connection",
-        "Returns the server's liveliness response."
-    ),
-    spec!(
-        "echo",
-        2,
-        &["fast"],
-        (0, 0, 0),
-        "connection",
-        "Returns the given string."
-    ),
-    spec!(
-        "hello",
-        -1,
-        C,
-        (0, 0, 0),
-        "connection",
-        "Handshakes with the server, optionally switching protocol."
-    ),
+    spec!("ping", -1, &["fast"], (0, 0, 0), "connection", "Returns the server's liveliness response."),
+    spec!("echo", 2, &["fast"], (0, 0, 0), "connection", "Returns the given string."),
+    spec!("hello", -1, C, (0, 0, 0), "connection", "Handshakes with the server, optionally switching protocol."),
     spec!("auth", -2, C, (0, 0, 0), "connection", "Authenticates the connection."),
-    spec!(
-        "select",
-        2,
-        &["fast"],
-        (0, 0, 0),
-        "connection",
-        "Changes the selected database (only 0 exists)."
-    ),
+    spec!("select", 2, &["fast"], (0, 0, 0), "connection", "Changes the selected database (only 0 exists)."),
     spec!("quit", -1, C, (0, 0, 0), "connection", "Closes the connection."),
     spec!("reset", 1, C, (0, 0, 0), "connection", "Resets the connection."),
-    spec!(
-        "client",
-        -2,
-        &["admin"],
-        (0, 0, 0),
-        "connection",
-        "Connection management (SETNAME, GETNAME, ID, INFO, LIST, SETINFO, NO-EVICT, NO-TOUCH)."
-    ),
-    spec!(
-        "command",
-        -1,
-        &["loading"],
-        (0, 0, 0),
-        "server",
-        "Returns details about commands."
-    ),
-    spec!(
-        "info",
-        -1,
-        &["loading"],
-        (0, 0, 0),
-        "server",
-        "Returns information and statistics about the server."
-    ),
-    spec!(
-        "config",
-        -2,
-        A,
-        (0, 0, 0),
-        "server",
-        "Reads configuration parameters (GET); SET and RESETSTAT are accepted for a few."
-    ),
-    spec!(
-        "dbsize",
-        1,
-        &["readonly"],
-        (0, 0, 0),
-        "server",
-        "Returns the number of live keys."
-    ),
+    spec!("client", -2, &["admin"], (0, 0, 0), "connection", "Connection management (SETNAME, GETNAME, ID, INFO, LIST, SETINFO, NO-EVICT, NO-TOUCH)."),
+    spec!("command", -1, &["loading"], (0, 0, 0), "server", "Returns details about commands."),
+    spec!("info", -1, &["loading"], (0, 0, 0), "server", "Returns information and statistics about the server."),
+    spec!("config", -2, A, (0, 0, 0), "server", "Reads configuration parameters (GET); SET and RESETSTAT are accepted for a few."),
+    spec!("dbsize", 1, &["readonly"], (0, 0, 0), "server", "Returns the number of live keys."),
     spec!("time", 1, &["fast"], (0, 0, 0), "server", "Returns the server time."),
     spec!("flushall", -1, W, (0, 0, 0), "server", "Removes all keys."),
-    spec!(
-        "flushdb",
-        -1,
-        W,
-        (0, 0, 0),
-        "server",
-        "Removes all keys of the (only) database."
-    ),
+    spec!("flushdb", -1, W, (0, 0, 0), "server", "Removes all keys of the (only) database."),
     spec!("shutdown", -1, A, (0, 0, 0), "server", "Stops the node cleanly."),
     spec!("get", 2, R, (1, 1, 1), "string", "Returns the value of a key."),
-    spec!(
-        "set",
-        -3,
-        W,
-        (1, 1, 1),
-        "string",
-        "Sets the value of a key, with optional expiry and conditions."
-    ),
-    spec!(
-        "setnx",
-        3,
-        WF,
-        (1, 1, 1),
-        "string",
-        "Sets a key only if it does not exist."
-    ),
-    spec!(
-        "setex",
-        4,
-        W,
-        (1, 1, 1),
-        "string",
-        "Sets a key with an expiry in seconds."
-    ),
-    spec!(
-        "psetex",
-        4,
-        W,
-        (1, 1, 1),
-        "string",
-        "Sets a key with an expiry in milliseconds."
-    ),
-    spec!(
-        "getset",
-        3,
-        WF,
-        (1, 1, 1),
-        "string",
-        "Sets a key and returns its old value."
-    ),
-    spec!(
-        "getdel",
-        2,
-        WF,
-        (1, 1, 1),
-        "string",
-        "Returns a key's value and deletes it."
-    ),
-    spec!(
-        "getex",
-        -2,
-        WF,
-        (1, 1, 1),
-        "string",
-        "Returns a key's value and changes its expiry."
-    ),
-    spec!(
-        "mget",
-        -2,
-        R,
-        (1, -1, 1),
-        "string",
-        "Returns the values of several keys."
-    ),
+    spec!("set", -3, W, (1, 1, 1), "string", "Sets the value of a key, with optional expiry and conditions."),
+    spec!("setnx", 3, WF, (1, 1, 1), "string", "Sets a key only if it does not exist."),
+    spec!("setex", 4, W, (1, 1, 1), "string", "Sets a key with an expiry in seconds."),
+    spec!("psetex", 4, W, (1, 1, 1), "string", "Sets a key with an expiry in milliseconds."),
+    spec!("getset", 3, WF, (1, 1, 1), "string", "Sets a key and returns its old value."),
+    spec!("getdel", 2, WF, (1, 1, 1), "string", "Returns a key's value and deletes it."),
+    spec!("getex", -2, WF, (1, 1, 1), "string", "Returns a key's value and changes its expiry."),
+    spec!("mget", -2, R, (1, -1, 1), "string", "Returns the values of several keys."),
     spec!("mset", -3, W, (1, -1, 2), "string", "Sets several keys."),
-    spec!(
-        "msetnx",
-        -3,
-        W,
-        (1, -1, 2),
-        "string",
-        "Sets several keys only if none exists."
-    ),
+    spec!("msetnx", -3, W, (1, -1, 2), "string", "Sets several keys only if none exists."),
     spec!("append", 3, W, (1, 1, 1), "string", "Appends to a key's value."),
-    spec!(
-        "strlen",
-        2,
-        R,
-        (1, 1, 1),
-        "string",
-        "Returns the length of a key's value."
-    ),
-    spec!(
-        "getrange",
-        4,
-        &["readonly"],
-        (1, 1, 1),
-        "string",
-        "Returns a substring of a key's value."
-    ),
-    spec!(
-        "substr",
-        4,
-        &["readonly"],
-        (1, 1, 1),
-        "string",
-        "Returns a substring of a key's value (old name of GETRANGE)."
-    ),
-    spec!(
-        "setrange",
-        4,
-        W,
-        (1, 1, 1),
-        "string",
-        "Overwrites part of a key's value."
-    ),
+    spec!("strlen", 2, R, (1, 1, 1), "string", "Returns the length of a key's value."),
+    spec!("getrange", 4, &["readonly"], (1, 1, 1), "string", "Returns a substring of a key's value."),
+    spec!("substr", 4, &["readonly"], (1, 1, 1), "string", "Returns a substring of a key's value (old name of GETRANGE)."),
+    spec!("setrange", 4, W, (1, 1, 1), "string", "Overwrites part of a key's value."),
     spec!("incr", 2, WF, (1, 1, 1), "string", "Not supported yet."),
     spec!("decr", 2, WF, (1, 1, 1), "string", "Not supported yet."),
     spec!("incrby", 3, WF, (1, 1, 1), "string", "Not supported yet."),
     spec!("decrby", 3, WF, (1, 1, 1), "string", "Not supported yet."),
     spec!("incrbyfloat", 3, WF, (1, 1, 1), "string", "Not supported yet."),
-    spec!(
-        "del",
-        -2,
-        W,
-        (1, -1, 1),
-        "keyspace",
-        "Deletes keys (writes tombstones)."
-    ),
+    spec!("del", -2, W, (1, -1, 1), "keyspace", "Deletes keys (writes tombstones)."),
     spec!("unlink", -2, WF, (1, -1, 1), "keyspace", "Deletes keys (same as DEL)."),
-    spec!(
-        "exists",
-        -2,
-        R,
-        (1, -1, 1),
-        "keyspace",
-        "Counts how many of the given keys exist."
-    ),
-    spec!(
-        "type",
-        2,
-        R,
-        (1, 1, 1),
-        "keyspace",
-        "Returns the type of a key (string or none)."
-    ),
-    spec!(
-        "expire",
-        -3,
-        WF,
-        (1, 1, 1),
-        "keyspace",
-        "Sets a key's time to live in seconds."
-    ),
-    spec!(
-        "pexpire",
-        -3,
-        WF,
-        (1, 1, 1),
-        "keyspace",
-        "Sets a key's time to live in milliseconds."
-    ),
-    spec!(
-        "expireat",
-        -3,
-        WF,
-        (1, 1, 1),
-        "keyspace",
-        "Sets a key's expiry as a Unix time in seconds."
-    ),
-    spec!(
-        "pexpireat",
-        -3,
-        WF,
-        (1, 1, 1),
-        "keyspace",
-        "Sets a key's expiry as a Unix time in milliseconds."
-    ),
-    spec!(
-        "ttl",
-        2,
-        R,
-        (1, 1, 1),
-        "keyspace",
-        "Returns a key's time to live in seconds."
-    ),
-    spec!(
-        "pttl",
-        2,
-        R,
-        (1, 1, 1),
-        "keyspace",
-        "Returns a key's time to live in milliseconds."
-    ),
-    spec!(
-        "expiretime",
-        2,
-        R,
-        (1, 1, 1),
-        "keyspace",
-        "Returns a key's expiry as a Unix time in seconds."
-    ),
-    spec!(
-        "pexpiretime",
-        2,
-        R,
-        (1, 1, 1),
-        "keyspace",
-        "Returns a key's expiry as a Unix time in milliseconds."
-    ),
+    spec!("exists", -2, R, (1, -1, 1), "keyspace", "Counts how many of the given keys exist."),
+    spec!("type", 2, R, (1, 1, 1), "keyspace", "Returns the type of a key (string or none)."),
+    spec!("expire", -3, WF, (1, 1, 1), "keyspace", "Sets a key's time to live in seconds."),
+    spec!("pexpire", -3, WF, (1, 1, 1), "keyspace", "Sets a key's time to live in milliseconds."),
+    spec!("expireat", -3, WF, (1, 1, 1), "keyspace", "Sets a key's expiry as a Unix time in seconds."),
+    spec!("pexpireat", -3, WF, (1, 1, 1), "keyspace", "Sets a key's expiry as a Unix time in milliseconds."),
+    spec!("ttl", 2, R, (1, 1, 1), "keyspace", "Returns a key's time to live in seconds."),
+    spec!("pttl", 2, R, (1, 1, 1), "keyspace", "Returns a key's time to live in milliseconds."),
+    spec!("expiretime", 2, R, (1, 1, 1), "keyspace", "Returns a key's expiry as a Unix time in seconds."),
+    spec!("pexpiretime", 2, R, (1, 1, 1), "keyspace", "Returns a key's expiry as a Unix time in milliseconds."),
     spec!("persist", 2, WF, (1, 1, 1), "keyspace", "Removes a key's expiry."),
-    spec!(
-        "scan",
-        -2,
-        &["readonly"],
-        (0, 0, 0),
-        "keyspace",
-        "Iterates over keys with a cursor."
-    ),
-    spec!(
-        "keys",
-        2,
-        &["readonly"],
-        (0, 0, 0),
-        "keyspace",
-        "Returns all keys matching a pattern."
-    ),
-    spec!(
-        "siblings",
-        2,
-        &["readonly"],
-        (1, 1, 1),
-        "dynkv",
-        "Returns a key's causal context and every live sibling value."
-    ),
-    spec!(
-        "resolve",
-        -4,
-        W,
-        (1, 1, 1),
-        "dynkv",
-        "Writes a value with a context, replacing the siblings it covers."
-    ),
+    spec!("scan", -2, &["readonly"], (0, 0, 0), "keyspace", "Iterates over keys with a cursor."),
+    spec!("keys", 2, &["readonly"], (0, 0, 0), "keyspace", "Returns all keys matching a pattern."),
+    spec!("siblings", 2, &["readonly"], (1, 1, 1), "dynkv", "Returns a key's causal context and every live sibling value."),
+    spec!("resolve", -4, W, (1, 1, 1), "dynkv", "Writes a value with a context, replacing the siblings it covers."),
+    spec!("dynkv.local", 2, &["readonly"], (0, 0, 0), "dynkv", "Returns this node's own copy of a key, shaped like SIBLINGS."),
+    spec!("cluster", -2, &["loading"], (0, 0, 0), "cluster", "Cluster layout for cluster-aware clients (SLOTS, SHARDS, NODES, INFO, KEYSLOT, MYID)."),
+    spec!("readonly", 1, &["fast", "loading"], (0, 0, 0), "cluster", "Accepted: replicas serve reads through quorums anyway."),
+    spec!("readwrite", 1, &["fast", "loading"], (0, 0, 0), "cluster", "Accepted."),
 ];
 
 /// The spec of a command name, case-insensitively.
@@ -425,6 +169,11 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
     }
     if !ctx.client.authenticated && !spec.flags.contains(&"no-auth") {
         return Reply::err("NOAUTH Authentication required.").into();
+    }
+    if !ctx.routed && spec.keys.0 > 0 && ctx.node.coord.cluster().is_some() {
+        if let Some(outcome) = route::route(&mut ctx, spec).await {
+            return outcome;
+        }
     }
     match spec.name {
         "ping" => connection::ping(&mut ctx).into(),
@@ -474,6 +223,9 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
         "keys" => keyspace::keys(&mut ctx).await.into(),
         "siblings" => siblings::siblings(&mut ctx).await.into(),
         "resolve" => siblings::resolve(&mut ctx).await,
+        "dynkv.local" => siblings::local(&mut ctx).into(),
+        "cluster" => cluster::cluster(&mut ctx).into(),
+        "readonly" | "readwrite" => Reply::Ok.into(),
         _ => Reply::err(util::unknown_command(&ctx.args)).into(),
     }
 }

@@ -176,7 +176,7 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
         let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let _ = write!(
             out,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:0\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:0\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:{}\r\nforwarded_requests:{}\r\nread_repairs:{}\r\nquorum_failures:{}\r\npeer_requests:{}\r\n\r\n",
             l(&st.connections_received),
             l(&st.commands_processed),
             l(&st.net_input_bytes),
@@ -186,6 +186,10 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
             l(&st.keyspace_hits),
             l(&st.keyspace_misses),
             l(&st.error_replies),
+            l(&node.coord.stats().forwards),
+            l(&node.coord.stats().read_repairs),
+            l(&node.coord.stats().quorum_failures),
+            l(&node.coord.stats().peer_requests),
         );
     }
     if want("replication") {

@@ -20,6 +20,20 @@ pub async fn siblings(ctx: &mut Ctx<'_>) -> Reply {
     Reply::Array(vec![Reply::bulk(set.context().to_token()), Reply::Array(values)])
 }
 
+/// DYNKV.LOCAL key: this node's own copy, shaped like SIBLINGS, or nil when it holds none;
+/// asks no other node (operators and tests use it to see each replica).
+pub fn local(ctx: &mut Ctx<'_>) -> Reply {
+    match ctx.node.coord.local(&ctx.args[1]) {
+        Ok(None) => Reply::Nil,
+        Ok(Some(set)) => {
+            let now = crate::clock::now_ms();
+            let values = set.live(now).map(|s| Reply::Bulk(s.value.clone())).collect();
+            Reply::Array(vec![Reply::bulk(set.context().to_token()), Reply::Array(values)])
+        }
+        Err(e) => coord_error(e),
+    }
+}
+
 /// RESOLVE key context value [EX s|PX ms|EXAT t|PXAT t]
 pub async fn resolve(ctx: &mut Ctx<'_>) -> Outcome {
     let Ok(context) = VersionVector::from_token(&ctx.args[2]) else {
@@ -37,7 +51,7 @@ pub async fn resolve(ctx: &mut Ctx<'_>) -> Outcome {
         _ => return syntax_error().into(),
     };
     let (key, value) = (ctx.args[1].clone(), ctx.args[3].clone());
-    submit(ctx, key, move |_, now| {
+    submit(ctx, key, true, move |_, now| {
         let sibling = NewSibling {
             value,
             written_at_ms: now,

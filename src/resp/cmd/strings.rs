@@ -16,12 +16,13 @@ pub fn live(set: Option<&SiblingSet>, now_ms: u64) -> Option<&Sibling> {
     set.and_then(|s| s.winner(now_ms))
 }
 
-/// Submits a one-key write and turns its result into an outcome.
-pub async fn submit<F>(ctx: &mut Ctx<'_>, key: Bytes, decide: F) -> Outcome
+/// Submits a one-key write and turns its result into an outcome. `blind`: the decision
+/// does not look at the current value (see [`crate::coordinator::Coordinator::submit`]).
+pub async fn submit<F>(ctx: &mut Ctx<'_>, key: Bytes, blind: bool, decide: F) -> Outcome
 where
     F: FnOnce(Option<&SiblingSet>, u64) -> (Decision, Reply) + Send + 'static,
 {
-    match ctx.node.coord.submit(key, decide).await {
+    match ctx.node.coord.submit(key, blind, decide).await {
         Ok(p) => Outcome::Later(Box::pin(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
         Err(e) => Outcome::Now(coord_error(e)),
     }
@@ -140,7 +141,8 @@ pub async fn set(ctx: &mut Ctx<'_>) -> Outcome {
         Err(r) => return r.into(),
     };
     let (key, value) = (ctx.args[1].clone(), ctx.args[2].clone());
-    submit(ctx, key, move |cur, now| {
+    let blind = !(o.nx || o.xx || o.get || o.expiry == Expiry::Keep);
+    submit(ctx, key, blind, move |cur, now| {
         let old = live(cur, now);
         let old_reply = || Reply::opt_bulk(old.map(|s| s.value.clone()));
         if (o.nx && old.is_some()) || (o.xx && old.is_none()) {
@@ -157,7 +159,7 @@ pub async fn set(ctx: &mut Ctx<'_>) -> Outcome {
 /// SETNX key value
 pub async fn setnx(ctx: &mut Ctx<'_>) -> Outcome {
     let (key, value) = (ctx.args[1].clone(), ctx.args[2].clone());
-    submit(ctx, key, move |cur, now| {
+    submit(ctx, key, false, move |cur, now| {
         if live(cur, now).is_some() {
             (Decision::Nothing, Reply::Int(0))
         } else {
@@ -176,13 +178,16 @@ pub async fn setex(ctx: &mut Ctx<'_>) -> Outcome {
         Err(r) => return r.into(),
     };
     let (key, value) = (ctx.args[1].clone(), ctx.args[3].clone());
-    submit(ctx, key, move |_, now| (Decision::put(value, Some(at), now), Reply::Ok)).await
+    submit(ctx, key, true, move |_, now| {
+        (Decision::put(value, Some(at), now), Reply::Ok)
+    })
+    .await
 }
 
 /// GETSET key value
 pub async fn getset(ctx: &mut Ctx<'_>) -> Outcome {
     let (key, value) = (ctx.args[1].clone(), ctx.args[2].clone());
-    submit(ctx, key, move |cur, now| {
+    submit(ctx, key, false, move |cur, now| {
         let old = Reply::opt_bulk(live(cur, now).map(|s| s.value.clone()));
         (Decision::put(value, None, now), old)
     })
@@ -192,7 +197,7 @@ pub async fn getset(ctx: &mut Ctx<'_>) -> Outcome {
 /// GETDEL key
 pub async fn getdel(ctx: &mut Ctx<'_>) -> Outcome {
     let key = ctx.args[1].clone();
-    submit(ctx, key, move |cur, now| match live(cur, now) {
+    submit(ctx, key, false, move |cur, now| match live(cur, now) {
         Some(s) => (Decision::delete(now), Reply::Bulk(s.value.clone())),
         None => (Decision::Nothing, Reply::Nil),
     })
@@ -218,7 +223,7 @@ pub async fn getex(ctx: &mut Ctx<'_>) -> Outcome {
     let Some(expiry) = expiry else {
         return get(ctx).await.into();
     };
-    submit(ctx, key, move |cur, now| match live(cur, now) {
+    submit(ctx, key, false, move |cur, now| match live(cur, now) {
         Some(s) => {
             let reply = Reply::Bulk(s.value.clone());
             if expiry == Expiry::None && s.expires_at_ms.is_none() {
@@ -266,7 +271,7 @@ pub async fn mset(ctx: &mut Ctx<'_>, only_if_none: bool) -> Outcome {
     let submitted = ctx
         .node
         .coord
-        .submit_many(keys, move |sets, now| {
+        .submit_many(keys, !only_if_none, move |sets, now| {
             if only_if_none && sets.iter().any(|s| live(s.as_ref(), now).is_some()) {
                 return (vec![Decision::Nothing; sets.len()], Reply::Int(0));
             }
@@ -288,7 +293,7 @@ fn too_big() -> Reply {
 pub async fn append(ctx: &mut Ctx<'_>) -> Outcome {
     let (key, tail) = (ctx.args[1].clone(), ctx.args[2].clone());
     let max = ctx.node.config.max_bulk_len;
-    submit(ctx, key, move |cur, now| {
+    submit(ctx, key, false, move |cur, now| {
         let old = live(cur, now);
         let head = old.map(|s| s.value.clone()).unwrap_or_default();
         if head.len() + tail.len() > max {
@@ -361,7 +366,7 @@ pub async fn setrange(ctx: &mut Ctx<'_>) -> Outcome {
     if !patch.is_empty() && offset.saturating_add(patch.len()) > max {
         return too_big().into();
     }
-    submit(ctx, key, move |cur, now| {
+    submit(ctx, key, false, move |cur, now| {
         let old = live(cur, now);
         let cur_len = old.map(|s| s.value.len()).unwrap_or(0);
         if patch.is_empty() {

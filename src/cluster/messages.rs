@@ -1,0 +1,158 @@
+//! The messages nodes send each other over the internode transport, and their encoding
+//! (postcard over serde; sibling sets travel in their own stored byte format). Must not
+//! act on messages: the coordinator's RPC handler does.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::MemberInfo;
+
+/// Version of the message set; a peer speaking another version is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Read this replica's sibling set of a key.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Merge this sibling set (encoded) into the replica's copy of the key, durably.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The encoded sibling set.
+        set: Bytes,
+    },
+    /// Run a client command here as its coordinator and return the encoded reply.
+    Forward {
+        /// The client's protocol version (2 or 3), for the reply's encoding.
+        proto: u8,
+        /// The command and its arguments.
+        args: Vec<Bytes>,
+    },
+    /// Send the member list this node knows.
+    Members,
+    /// Scan local records from position `cursor` up to (not including) `end`.
+    Scan {
+        /// Start position (see the storage key layout).
+        cursor: u64,
+        /// End position, exclusive; 0 means the end of the key space.
+        end: u64,
+        /// Most records to examine.
+        count: u32,
+    },
+    /// Count live keys in these partitions.
+    Count {
+        /// The partitions.
+        partitions: Vec<u16>,
+    },
+    /// Remove every key of this node.
+    Flush,
+}
+
+/// A reply to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// A replica's sibling set (encoded), or none.
+    Set(Option<Bytes>),
+    /// Done, durably.
+    Ack,
+    /// The request failed on the peer.
+    Error(String),
+    /// An encoded RESP reply to a forwarded command.
+    Reply(Bytes),
+    /// Known members.
+    Members(Vec<MemberInfo>),
+    /// Scanned records (key, encoded set) and the position to resume from.
+    Scan {
+        /// Resume position; equal to the request's `end` (or 0) when the range is done.
+        next: u64,
+        /// Records.
+        items: Vec<(Bytes, Bytes)>,
+    },
+    /// Live keys, and how many of them have an expiry.
+    Count(u64, u64),
+}
+
+/// A message that could not be decoded.
+#[derive(Debug, Error)]
+#[error("bad internode message: {0}")]
+pub struct MessageError(String);
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(msg: &T) -> Bytes {
+    // Serializing these plain enums into a Vec cannot fail; an empty message would be
+    // refused by the peer as undecodable, which is the right outcome for a bug.
+    Bytes::from(postcard::to_stdvec(msg).unwrap_or_default())
+}
+
+/// Decodes a message.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, MessageError> {
+    postcard::from_bytes(bytes).map_err(|e| MessageError(e.to_string()))
+}
+
+/// The identity a node presents in the internode handshake: protocol version and its
+/// member information.
+pub fn encode_identity(me: &MemberInfo) -> Bytes {
+    let mut out = vec![PROTOCOL_VERSION];
+    out.extend_from_slice(&encode(me));
+    Bytes::from(out)
+}
+
+/// Reads a peer's handshake identity.
+pub fn decode_identity(bytes: &[u8]) -> Result<MemberInfo, MessageError> {
+    match bytes.split_first() {
+        Some((&PROTOCOL_VERSION, rest)) => decode(rest),
+        Some((v, _)) => Err(MessageError(format!(
+            "protocol version {v}, expected {PROTOCOL_VERSION}"
+        ))),
+        None => Err(MessageError("empty identity".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let reqs = vec![
+            Request::Get { key: Bytes::from("k") },
+            Request::Put {
+                key: Bytes::from("k"),
+                set: Bytes::from_static(b"\x01\x00"),
+            },
+            Request::Forward {
+                proto: 3,
+                args: vec![Bytes::from("GET"), Bytes::from("k")],
+            },
+            Request::Scan {
+                cursor: 5,
+                end: 0,
+                count: 10,
+            },
+        ];
+        for r in reqs {
+            let b = encode(&r);
+            assert_eq!(decode::<Request>(&b).expect("decode"), r);
+        }
+        let me = MemberInfo {
+            id: 7,
+            client_addr: "127.0.0.1:7001".into(),
+            cluster_addr: "127.0.0.1:17001".into(),
+            weight: 2.0,
+        };
+        assert_eq!(decode_identity(&encode_identity(&me)).expect("identity"), me);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for g in [&b""[..], b"\xff\xff\xff", b"\x09"] {
+            assert!(decode::<Request>(g).is_err());
+        }
+        assert!(decode_identity(b"\x02abc").is_err());
+    }
+}
