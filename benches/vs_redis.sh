@@ -22,6 +22,9 @@
 # Scenarios:
 #   no-persist    redis --save '' --appendonly no        vs dynkv --fsync no
 #   fsync-always  redis --appendonly yes --appendfsync always  vs dynkv --fsync always
+#   cluster-<scenario>  dynkv 3-node cluster (N=3 R=2 W=2, the scenario's fsync), benchmarked
+#                 through one node; its redis column is the scenario's redis-server result
+#                 (BENCH_CLUSTER=0 skips these rows; DYNKV_CMD skips them too)
 # Each runs `redis-benchmark -t set,get -n N -c 50 -P 1` and `-P 16` with --csv.
 # Targets are reported in the footer, never asserted.
 set -euo pipefail
@@ -184,6 +187,7 @@ run_scenario() {  # NAME MODE(no|always)
         if [[ "$p" == 1 ]]; then n="$N_P1"; else n="$N_P16"; fi
         echo ">> $name: redis-server  -P $p -n $n -c $CLIENTS" >&2
         rres="$(bench "$rport" "$p" "$n")"
+        REDIS_RES["$name,$p"]="$rres"
         echo ">> $name: dynkv         -P $p -n $n -c $CLIENTS" >&2
         dres="$(bench "$dport" "$p" "$n")"
         for test in SET GET; do
@@ -202,14 +206,82 @@ run_scenario() {  # NAME MODE(no|always)
     stop_pid "$dpid"
 }
 
-# TODO(cluster issue): 3-node dynkv cluster row. Start three dynkv nodes joined
-# into one cluster (N=3, R=2, W=2), point redis-benchmark at one coordinator and
-# append rows with scenario "cluster-3node" to ROWS (redis column: the
-# single-node no-persist redis-server numbers for reference). Not implemented
-# until cluster membership lands; enable with BENCH_CLUSTER=1 once it does.
-run_cluster_row() {
-    echo ">> cluster-3node: not implemented yet (TODO: cluster issue), skipping" >&2
-    return 0
+# The 3-node cluster row: three dynkv nodes joined into one cluster (N=3, R=2, W=2,
+# fsync as in the scenario), redis-benchmark against ONE of them (with N=3 of 3 nodes
+# every node is a replica of every key, so it coordinates everything itself: each SET
+# waits for one more durable copy on a peer, each GET for one peer's answer). Rows get
+# scenario "cluster-<scenario>"; their redis column repeats the scenario's single
+# redis-server numbers (measured just before) for reference. Set BENCH_CLUSTER=0 to skip.
+declare -A REDIS_RES=()
+start_dynkv_cluster() {  # NAME MODE -> CLUSTER_PORTS, CLUSTER_PIDS
+    local name="$1" mode="$2" i p
+    CLUSTER_PORTS=()
+    CLUSTER_PIDS=()
+    while (( ${#CLUSTER_PORTS[@]} < 3 )); do
+        p="$(free_port)"
+        for i in "${CLUSTER_PORTS[@]:-}"; do
+            [[ -n "$i" ]] && (( p == i || p == i + 10000 || p + 10000 == i )) && continue 2
+        done
+        CLUSTER_PORTS+=("$p")
+    done
+    local seeds secret
+    seeds="$(printf "$HOST:%s," "${CLUSTER_PORTS[@]}")"; seeds="${seeds%,}"
+    secret="bench-$$-$RANDOM$RANDOM"
+    for i in 0 1 2; do
+        local port="${CLUSTER_PORTS[$i]}" dir="$TMP_ROOT/$name-cluster-$i"
+        mkdir -p "$dir"
+        "${SERVER_PIN[@]}" "$DYNKV_BIN" server --bind "$HOST" --port "$port" --data-dir "$dir" --fsync "$mode" \
+            --seeds "$seeds" --cluster-secret "$secret" --n 3 --r 2 --w 2 >"$dir.log" 2>&1 &
+        CLUSTER_PIDS+=("$!")
+        PIDS+=("$!")
+    done
+    for i in 0 1 2; do
+        wait_ready "${CLUSTER_PIDS[$i]}" "${CLUSTER_PORTS[$i]}" "$TMP_ROOT/$name-cluster-$i.log"
+    done
+    local tries known
+    for tries in $(seq 1 150); do
+        known=0
+        for i in 0 1 2; do
+            redis-cli -h "$HOST" -p "${CLUSTER_PORTS[$i]}" cluster info 2>/dev/null | tr -d '\r' \
+                | grep -qx 'cluster_known_nodes:3' && known=$((known + 1))
+        done
+        (( known == 3 )) && return 0
+        sleep 0.1
+    done
+    for i in 0 1 2; do cat "$TMP_ROOT/$name-cluster-$i.log" >&2; done
+    die "the 3-node dynkv cluster did not converge (cluster_known_nodes:3) within 15s"
+}
+
+run_cluster_row() {  # NAME MODE (the scenario whose redis-server numbers are the reference)
+    local name="$1" mode="$2"
+    if [[ -n "$DYNKV_CMD" ]]; then
+        echo ">> cluster-$name: skipped (DYNKV_CMD overrides the single dynkv server only)" >&2
+        return 0
+    fi
+    start_dynkv_cluster "$name" "$mode"
+    local port="${CLUSTER_PORTS[0]}"
+    timeout "$RUN_TIMEOUT" "${CLIENT_PIN[@]}" redis-benchmark -h "$HOST" -p "$port" -t set,get -n 10000 \
+        -c "$CLIENTS" -P 16 -q >/dev/null 2>&1 || die "warm-up against the cluster (port $port) failed"
+    local p n cres rres test
+    for p in 1 16; do
+        if [[ "$p" == 1 ]]; then n="$N_P1"; else n="$N_P16"; fi
+        echo ">> cluster-$name: dynkv 3-node cluster (N=3 R=2 W=2) via one node  -P $p -n $n -c $CLIENTS" >&2
+        cres="$(bench "$port" "$p" "$n")"
+        rres="${REDIS_RES[$name,$p]}"
+        for test in SET GET; do
+            local rl cl
+            rl="$(grep "^$test," <<<"$rres" || true)"
+            cl="$(grep "^$test," <<<"$cres" || true)"
+            [[ -n "$rl" && -n "$cl" ]] || die "missing cluster $test result (redis: '$rres', cluster: '$cres')"
+            ROWS+=("$(awk -F, -v s="cluster-$name" -v t="$test" -v p="$p" -v n="$n" -v rl="$rl" -v dl="$cl" 'BEGIN {
+                split(rl, r, ","); split(dl, d, ",");
+                ratio = (r[2] > 0) ? d[2] / r[2] : 0;
+                printf "%s,%s,%s,%s,%.2f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f", s, t, p, n, r[2], d[2], ratio, r[3], r[4], d[3], d[4]
+            }')")
+        done
+    done
+    local pid
+    for pid in "${CLUSTER_PIDS[@]}"; do stop_pid "$pid"; done
 }
 
 echo "# dynkv vs redis-server: $(redis-benchmark --version 2>/dev/null | head -n1), $(redis-server --version | awk '{print $3}')" >&2
@@ -219,8 +291,9 @@ if [[ -n "$DYNKV_CMD" ]]; then echo "# dynkv side: DYNKV_CMD override ($DYNKV_CM
 else echo "# dynkv side: $DYNKV_BIN" >&2; fi
 
 run_scenario no-persist no
+if [[ "${BENCH_CLUSTER:-1}" != 0 ]]; then run_cluster_row no-persist no; fi
 run_scenario fsync-always always
-if [[ "${BENCH_CLUSTER:-0}" == 1 ]]; then run_cluster_row; fi
+if [[ "${BENCH_CLUSTER:-1}" != 0 ]]; then run_cluster_row fsync-always always; fi
 
 mkdir -p "$(dirname "$OUT")"
 {
@@ -229,16 +302,20 @@ mkdir -p "$(dirname "$OUT")"
 } >"$OUT"
 
 echo
-printf '%-13s %-4s %3s %13s %13s %7s %15s %15s\n' scenario test P "redis ops/s" "dynkv ops/s" ratio "redis p50/p99" "dynkv p50/p99"
+printf '%-21s %-4s %3s %13s %13s %7s %15s %15s\n' scenario test P "redis ops/s" "dynkv ops/s" ratio "redis p50/p99" "dynkv p50/p99"
 printf '%s\n' "${ROWS[@]}" | awk -F, '{
-    printf "%-13s %-4s %3s %13.0f %13.0f %6.2fx %15s %15s\n", $1, $2, $3, $5, $6, $7, $8 "/" $9, $10 "/" $11
+    printf "%-21s %-4s %3s %13.0f %13.0f %6.2fx %15s %15s\n", $1, $2, $3, $5, $6, $7, $8 "/" $9, $10 "/" $11
 }'
+if printf '%s\n' "${ROWS[@]}" | grep -q '^cluster-'; then
+    echo "cluster-* rows: dynkv 3-node cluster (N=3 R=2 W=2, same fsync) through one node; redis column = that scenario's single redis-server"
+fi
 echo
 echo "Targets (reported, not asserted):"
 printf '%s\n' "${ROWS[@]}" | awk -F, '
     function report(label, ratio, target) {
         printf "  %-46s %6.3fx  target >= %.1fx  %s\n", label, ratio, target, (ratio >= target ? "MET" : "MISSED")
     }
+    $1 ~ /^cluster-/                         { printf "  %-46s %6.3fx  (dynkv 3-node cluster, no target)\n", $2 " " $1 " P=" $3 " vs redis-server", $7; next }
     $2 == "GET"                              { report("GET " $1 " P=" $3 " vs redis-server", $7, 1.0) }
     $2 == "SET" && $1 == "fsync-always"      { report("SET fsync=always P=" $3 " vs appendfsync always", $7, 1.0) }
     $2 == "SET" && $1 == "no-persist"        { report("SET fsync=no P=" $3 " vs redis no persistence", $7, 0.8) }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::messages::{self, Request, Response};
 use super::{MemberInfo, Membership};
-use crate::rpc::Pool;
+use crate::rpc::{Pool, RpcError};
 use crate::shutdown::Shutdown;
 use crate::storage::Store;
 
@@ -66,6 +66,8 @@ pub async fn run(
 ) {
     let seed_addrs: Vec<String> = seeds.iter().filter_map(|s| seed_cluster_addr(s)).collect();
     save_members(&store, membership.view().members());
+    // Seeds that refused our handshake, warned about once until they accept.
+    let mut refused: ahash::AHashSet<String> = ahash::AHashSet::new();
     loop {
         let mut changed = false;
         let view = membership.view();
@@ -79,10 +81,21 @@ pub async fn run(
                 continue;
             };
             match pool.handshake(addr, timeout).await {
-                Ok(identity) => match messages::decode_identity(&identity) {
-                    Ok(info) => changed |= membership.learn([info]),
-                    Err(e) => tracing::warn!(seed, "seed sent a bad identity: {e}"),
-                },
+                Ok(identity) => {
+                    refused.remove(seed);
+                    match messages::decode_identity(&identity) {
+                        Ok(info) => changed |= membership.learn([info]),
+                        Err(e) => tracing::warn!(seed, "seed sent a bad identity: {e}"),
+                    }
+                }
+                Err(RpcError::Refused) => {
+                    if refused.insert(seed.clone()) {
+                        tracing::warn!(
+                            seed,
+                            "seed refused the internode handshake: is the cluster secret the same?"
+                        );
+                    }
+                }
                 Err(e) => tracing::debug!(seed, "seed not reachable yet: {e}"),
             }
         }

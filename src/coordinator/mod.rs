@@ -416,7 +416,7 @@ impl Coordinator {
                     .enumerate()
                     .map(|(i, (current, d))| {
                         let change = apply(node, current, d);
-                        if let Change::Put(set) = &change {
+                        if let (true, Change::Put(set)) = (replicated, &change) {
                             written.push((i, set.clone()));
                         }
                         change
@@ -425,15 +425,22 @@ impl Coordinator {
                 (changes, (t, written))
             })
             .await?;
+        if !replicated {
+            return Ok(Box::pin(async move { Ok(committed.wait().await?.0) }));
+        }
+        // Replicate as soon as the local commit is done, not when the caller gets round to
+        // awaiting: pipelined writes then replicate concurrently (merges commute).
         let me = self.clone();
-        Ok(Box::pin(async move {
+        let task = tokio::spawn(async move {
             let (t, written) = committed.wait().await?;
-            if replicated {
-                for (i, set) in written {
-                    me.replicate(keys[i].clone(), set).await?;
-                }
+            for (i, set) in written {
+                me.replicate(keys[i].clone(), set).await?;
             }
             Ok(t)
+        });
+        Ok(Box::pin(async move {
+            task.await
+                .map_err(|e| CoordError::Peer(format!("write task failed: {e}")))?
         }))
     }
 

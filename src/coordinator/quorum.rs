@@ -78,11 +78,21 @@ impl<T: Send + 'static> FanOut<T> {
         into.ok.len() >= need
     }
 
-    /// Every remaining answer until `deadline`.
+    /// Every remaining answer that arrives before `deadline`.
     pub async fn rest(mut self, deadline: Instant) -> Gathered<T> {
         let mut g = Gathered::default();
-        let everything = usize::MAX;
-        let _ = self.gather(everything, deadline, &mut g).await;
+        while self.outstanding > 0 {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((node, result))) => {
+                    self.outstanding -= 1;
+                    match result {
+                        Ok(v) => g.ok.push((node, v)),
+                        Err(e) => g.failed.push((node, e)),
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
         g
     }
 
@@ -129,6 +139,26 @@ mod tests {
         assert!(!f.gather(2, deadline_in(Duration::from_secs(3)), &mut g).await);
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(g.failed.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rest_collects_late_answers_until_the_deadline() {
+        let mut f = FanOut::start(&[1, 2, 3, 4], |n| async move {
+            tokio::time::sleep(Duration::from_millis(20 * n)).await;
+            if n == 4 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Ok::<u64, String>(n)
+        });
+        let mut g = Gathered::default();
+        assert!(f.gather(1, deadline_in(Duration::from_secs(1)), &mut g).await);
+        assert_eq!(g.ok, vec![(1, 1)]);
+        let started = Instant::now();
+        let rest = f.rest(deadline_in(Duration::from_millis(500))).await;
+        let mut late: Vec<u64> = rest.ok.iter().map(|(n, _)| *n).collect();
+        late.sort();
+        assert_eq!(late, vec![2, 3], "late answers are collected, the hung one is cut off");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test]

@@ -1,9 +1,11 @@
 //! One client connection: read bytes, parse requests, run them, write replies in order.
 //! Must not know any command's meaning beyond whether it is a write.
 //!
-//! Pipelined writes are queued without waiting for each one's commit, so a pipeline of
-//! writes lands in one group commit; before any other command runs, the replies of the
-//! queued writes are awaited, so a read always sees this connection's earlier writes.
+//! Pipelined commands of one class run without waiting for each other: writes are queued
+//! without waiting for each one's commit (a pipeline of writes lands in one group commit
+//! and replicates concurrently), and reads that need replicas run at the same time. When
+//! the class changes, or for any other command, the queued replies are awaited first, so a
+//! read always sees this connection's earlier writes and never a later one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,6 +26,22 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Most writes queued on one connection before their replies are awaited.
 const MAX_IN_FLIGHT: usize = 1024;
 
+/// What may run alongside the commands queued before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Write,
+    Read,
+    Other,
+}
+
+fn class_of(name: &[u8]) -> Class {
+    match cmd::lookup(name) {
+        Some(s) if s.flags.contains(&"write") => Class::Write,
+        Some(s) if s.flags.contains(&"readonly") => Class::Read,
+        _ => Class::Other,
+    }
+}
+
 enum Slot {
     Ready(Reply),
     Waiting(Pending<Reply>),
@@ -33,6 +51,8 @@ struct Conn {
     socket: TcpStream,
     wbuf: BytesMut,
     queue: VecDeque<Slot>,
+    /// The class of the commands in `queue`.
+    queued: Class,
     node: Arc<Node>,
 }
 
@@ -97,6 +117,7 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream, info: Arc<ClientInfo>) {
         socket,
         wbuf: BytesMut::with_capacity(16 * 1024),
         queue: VecDeque::new(),
+        queued: Class::Other,
         node: node.clone(),
     };
     let shutdown = node.shutdown.clone();
@@ -127,10 +148,11 @@ async fn run(
                 }
             };
             Stats::add(&conn.node.stats.commands_processed, 1);
-            let is_write = cmd::lookup(&args[0]).is_some_and(|s| s.flags.contains(&"write"));
-            if !is_write || conn.queue.len() >= MAX_IN_FLIGHT {
+            let class = class_of(&args[0]);
+            if class == Class::Other || class != conn.queued || conn.queue.len() >= MAX_IN_FLIGHT {
                 conn.drain(client.proto).await?;
             }
+            conn.queued = class;
             let node = conn.node.clone();
             let outcome = cmd::dispatch(Ctx {
                 node: &node,

@@ -194,7 +194,7 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
         "time" => server::time().into(),
         "flushall" | "flushdb" => server::flushall(&mut ctx).await.into(),
         "shutdown" => server::shutdown(&mut ctx).into(),
-        "get" => strings::get(&mut ctx).await.into(),
+        "get" => strings::get(&mut ctx).await,
         "set" => strings::set(&mut ctx).await,
         "setnx" => strings::setnx(&mut ctx).await,
         "setex" | "psetex" => strings::setex(&mut ctx).await,

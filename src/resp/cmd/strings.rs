@@ -42,12 +42,33 @@ pub async fn read_value(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Sibling>
     Ok(v)
 }
 
-/// GET key
-pub async fn get(ctx: &mut Ctx<'_>) -> Reply {
+/// GET key. A read that needs other replicas runs as its own task, so pipelined GETs
+/// wait for their quorums at the same time.
+pub async fn get(ctx: &mut Ctx<'_>) -> Outcome {
     let key = ctx.args[1].clone();
+    if ctx.node.coord.replicas(&key).len() > 1 {
+        let node = ctx.node.clone();
+        let task = tokio::spawn(async move {
+            let set = node.coord.read(&key).await.map_err(coord_error)?;
+            let v = live(set.as_ref(), crate::clock::now_ms()).map(|s| s.value.clone());
+            let counter = if v.is_some() {
+                &node.stats.keyspace_hits
+            } else {
+                &node.stats.keyspace_misses
+            };
+            Stats::add(counter, 1);
+            Ok::<Reply, Reply>(Reply::opt_bulk(v))
+        });
+        return Outcome::Later(Box::pin(async move {
+            Ok(match task.await {
+                Ok(Ok(r)) | Ok(Err(r)) => r,
+                Err(e) => Reply::err(format!("ERR read task failed: {e}")),
+            })
+        }));
+    }
     match read_value(ctx, &key).await {
-        Ok(v) => Reply::opt_bulk(v.map(|s| s.value)),
-        Err(r) => r,
+        Ok(v) => Reply::opt_bulk(v.map(|s| s.value)).into(),
+        Err(r) => r.into(),
     }
 }
 
@@ -221,7 +242,7 @@ pub async fn getex(ctx: &mut Ctx<'_>) -> Outcome {
     };
     let key = ctx.args[1].clone();
     let Some(expiry) = expiry else {
-        return get(ctx).await.into();
+        return get(ctx).await;
     };
     submit(ctx, key, false, move |cur, now| match live(cur, now) {
         Some(s) => {
