@@ -80,6 +80,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// This node's placement weight (a node of weight 2 coordinates twice the partitions).
     pub weight: f64,
+    /// A peer that has answered nothing for this long (ms) while requests failed is down:
+    /// sloppy quorums route around it until it answers again.
+    pub failure_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             w: 2,
             request_timeout_ms: 1000,
             weight: 1.0,
+            failure_timeout_ms: 2000,
         }
     }
 }
@@ -170,6 +174,7 @@ pub struct FileConfig {
     w: Option<usize>,
     request_timeout_ms: Option<u64>,
     weight: Option<f64>,
+    failure_timeout_ms: Option<u64>,
 }
 
 /// The flags of `dynkv server`; each overrides the config file.
@@ -229,6 +234,9 @@ pub struct ServerArgs {
     /// Placement weight of this node (default 1).
     #[arg(long)]
     pub weight: Option<f64>,
+    /// Milliseconds without an answer after which a failing peer is routed around (default 2000).
+    #[arg(long)]
+    pub failure_timeout_ms: Option<u64>,
 }
 
 impl Config {
@@ -268,7 +276,8 @@ impl Config {
             r,
             w,
             request_timeout_ms,
-            weight
+            weight,
+            failure_timeout_ms
         );
         if f.cluster_port.is_some() {
             self.cluster_port = f.cluster_port;
@@ -299,7 +308,8 @@ impl Config {
             r,
             w,
             request_timeout_ms,
-            weight
+            weight,
+            failure_timeout_ms
         );
         if a.cluster_port.is_some() {
             self.cluster_port = a.cluster_port;
@@ -355,6 +365,9 @@ impl Config {
                 name: "w",
                 reason: format!("must be between 1 and n ({}), got {}", self.n, self.w),
             });
+        }
+        if self.failure_timeout_ms == 0 {
+            return bad("failure-timeout-ms", "must be positive");
         }
         if self.request_timeout_ms == 0 {
             return bad("request-timeout-ms", "must be positive");

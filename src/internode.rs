@@ -49,8 +49,9 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
             Ok(set) => Response::Set(set.map(|s| Bytes::from(s.to_bytes()))),
             Err(e) => failed(e),
         },
-        Request::Put { key, set } => match SiblingSet::decode(&set) {
-            Ok(set) => match coord.merge_local(key, set).await {
+        Request::Ping => Response::Ack,
+        Request::Put { key, set, hint_for } => match SiblingSet::decode(&set) {
+            Ok(set) => match coord.merge_local(key, set, hint_for).await {
                 Ok(_) => Response::Ack,
                 Err(e) => failed(e),
             },

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use bytes::Bytes;
 
+use crate::cluster::health::Health;
 use crate::cluster::messages;
 use crate::cluster::{MemberInfo, Membership, discovery};
 use crate::config::Config;
@@ -84,6 +85,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
                 w: config.w,
             },
             timeout: Duration::from_millis(config.request_timeout_ms),
+            health: Arc::new(Health::new(Duration::from_millis(config.failure_timeout_ms))),
         });
         peers = Some((peer_listener, rpc_config, identity, membership, pool));
     }
@@ -109,6 +111,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
             identity,
             handler,
             async move { stop.wait().await },
+        )));
+        background.push(tokio::spawn(crate::coordinator::probe::run(
+            node.coord.clone(),
+            shutdown.clone(),
+        )));
+        background.push(tokio::spawn(crate::coordinator::handoff::run(
+            node.coord.clone(),
+            shutdown.clone(),
         )));
         background.push(tokio::spawn(discovery::run(
             membership,

@@ -25,7 +25,12 @@ pub enum Request {
         key: Bytes,
         /// The encoded sibling set.
         set: Bytes,
+        /// Set when the receiver is a fallback: the home replica it holds the copy for
+        /// (sloppy quorum), to hand it back when that node answers again.
+        hint_for: Option<u64>,
     },
+    /// Are you there? (failure detection)
+    Ping,
     /// Run a client command here as its coordinator and return the encoded reply.
     Forward {
         /// The client's protocol version (2 or 3), for the reply's encoding.
@@ -124,7 +129,9 @@ mod tests {
             Request::Put {
                 key: Bytes::from("k"),
                 set: Bytes::from_static(b"\x01\x00"),
+                hint_for: Some(9),
             },
+            Request::Ping,
             Request::Forward {
                 proto: 3,
                 args: vec![Bytes::from("GET"), Bytes::from("k")],

@@ -7,6 +7,7 @@
 //! behind the same [`Membership`] interface.
 
 pub mod discovery;
+pub mod health;
 pub mod membership;
 pub mod messages;
 

@@ -13,6 +13,8 @@
 //! older or divergent set (read repair). A node without peers is a cluster of one and
 //! takes the same path with N = R = W = 1.
 
+pub mod handoff;
+pub mod probe;
 pub mod quorum;
 
 use std::future::Future;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::clock;
+use crate::cluster::health::Health;
 use crate::cluster::messages::{self, Request, Response};
 use crate::cluster::{MemberInfo, Membership};
 use crate::error::CoordError;
@@ -111,6 +114,27 @@ pub struct CoordStats {
     pub quorum_failures: AtomicU64,
     /// Internode requests served.
     pub peer_requests: AtomicU64,
+    /// Writes that went to a fallback because a home replica was down (sloppy quorum).
+    pub sloppy_writes: AtomicU64,
+    /// Hints handed back to their owners.
+    pub hints_delivered: AtomicU64,
+}
+
+/// Where one key's copies go now: the first N healthy members of its preference list,
+/// and for each fallback among them, the home replica (down) it stands in for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The nodes, best first.
+    pub nodes: Vec<NodeId>,
+    /// (fallback, owner) pairs.
+    pub stand_ins: Vec<(NodeId, NodeId)>,
+}
+
+impl Placed {
+    /// The home replica `node` stands in for, if it is a fallback.
+    pub fn owner_for(&self, node: NodeId) -> Option<NodeId> {
+        self.stand_ins.iter().find(|(f, _)| *f == node).map(|(_, o)| *o)
+    }
 }
 
 /// How this node reaches the rest of its cluster.
@@ -123,6 +147,8 @@ pub struct ClusterLink {
     pub configured: Quorum,
     /// Deadline of one internode request.
     pub timeout: Duration,
+    /// Which peers answer, as this node sees them.
+    pub health: Arc<Health>,
 }
 
 /// Where a key's command runs.
@@ -191,40 +217,62 @@ impl Coordinator {
         }
     }
 
-    /// The replicas of `key`'s partition (this node alone without a cluster).
-    pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
-        match &self.cluster {
-            None => vec![self.node_id],
-            Some(c) => c.membership.view().replicas(partition_of(key), self.quorum().n),
-        }
+    /// Where `key`'s copies go now (this node alone without a cluster): the first N
+    /// members of its preference list that this node believes up (itself always).
+    pub fn placed(&self, key: &[u8]) -> Placed {
+        let Some(c) = &self.cluster else {
+            return Placed {
+                nodes: vec![self.node_id],
+                stand_ins: Vec::new(),
+            };
+        };
+        let view = c.membership.view();
+        let p = partition_of(key);
+        let n = self.quorum().n;
+        let now = std::time::Instant::now();
+        let me = self.node_id;
+        let nodes = view
+            .placement()
+            .first_healthy(p, n, |id| id == me || c.health.is_up(id, now));
+        let home = view.replicas(p, n);
+        let fallbacks = nodes.iter().filter(|id| !home.contains(id));
+        let missing = home.iter().filter(|id| !nodes.contains(id));
+        let stand_ins = fallbacks.copied().zip(missing.copied()).collect();
+        Placed { nodes, stand_ins }
     }
 
-    /// Where a command on `key` runs: here when this node is one of the key's replicas,
-    /// else on the first of them.
+    /// The nodes holding `key` now (see [`Coordinator::placed`]).
+    pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
+        self.placed(key).nodes
+    }
+
+    /// Where a command on `key` runs: here when this node is one of the key's first N
+    /// healthy nodes, else on the first of them.
     pub fn route(&self, key: &[u8]) -> Route {
         let Some(c) = &self.cluster else {
             return Route::Local;
         };
-        let view = c.membership.view();
-        let replicas = view.replicas(partition_of(key), self.quorum().n);
-        if replicas.contains(&self.node_id) {
+        let nodes = self.placed(key).nodes;
+        if nodes.contains(&self.node_id) {
             return Route::Local;
         }
-        match replicas.first().and_then(|id| view.member(*id)) {
-            Some(m) => Route::Forward(m.clone()),
+        match nodes.first().and_then(|id| c.membership.view().member(*id).cloned()) {
+            Some(m) => Route::Forward(m),
             None => Route::Local,
         }
     }
 
-    /// Sends one request to a peer and decodes its response.
+    /// Sends one request to a peer and decodes its response; the outcome feeds the
+    /// failure detector.
     pub async fn call(&self, member: &MemberInfo, req: &Request) -> Result<Response, String> {
         let c = self.cluster.as_ref().ok_or("no cluster")?;
         let addr = resolve(&member.cluster_addr).await.ok_or("unresolvable address")?;
-        let bytes = c
-            .pool
-            .call(addr, messages::encode(req), c.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let result = c.pool.call(addr, messages::encode(req), c.timeout).await;
+        match &result {
+            Ok(_) => c.health.success(member.id, std::time::Instant::now()),
+            Err(_) => c.health.failure(member.id, std::time::Instant::now()),
+        }
+        let bytes = result.map_err(|e| e.to_string())?;
         match messages::decode::<Response>(&bytes) {
             Ok(Response::Error(e)) => Err(e),
             Ok(r) => Ok(r),
@@ -252,20 +300,26 @@ impl Coordinator {
     }
 
     /// Merges `set` into this node's copy of `key`, durably; true if the copy changed.
-    pub async fn merge_local(&self, key: Bytes, set: SiblingSet) -> Result<bool, CoordError> {
+    /// `hint_for`: this node holds the copy as a fallback for that (down) owner.
+    pub async fn merge_local(&self, key: Bytes, set: SiblingSet, hint_for: Option<NodeId>) -> Result<bool, CoordError> {
+        let store = move |set: SiblingSet| match hint_for {
+            Some(owner) => Change::PutHinted(set, vec![owner]),
+            None => Change::Put(set),
+        };
         Ok(self
             .store
             .update(key, move |cur| match cur {
                 Some(mut c) => {
                     let before = c.clone();
                     c.merge(&set);
-                    if c == before {
+                    if c == before && hint_for.is_none() {
                         (Change::Keep, false)
                     } else {
-                        (Change::Put(c), true)
+                        let changed = c != before;
+                        (store(c), changed)
                     }
                 }
-                None => (Change::Put(set), true),
+                None => (store(set), true),
             })
             .await?)
     }
@@ -273,23 +327,23 @@ impl Coordinator {
     /// The merged sibling set of `key` over R replicas (dead siblings included), or
     /// `None`. Stale replicas seen before the timeout are repaired in the background.
     pub async fn read(&self, key: &[u8]) -> Result<Option<SiblingSet>, CoordError> {
-        let Some(_) = &self.cluster else {
-            return Ok(self.store.get(key)?);
-        };
-        let replicas = self.replicas(key);
-        if replicas == [self.node_id] {
+        if self.cluster.is_none() {
             return Ok(self.store.get(key)?);
         }
-        self.quorum_read(Bytes::copy_from_slice(key), &replicas).await
+        let placed = self.placed(key);
+        if placed.nodes == [self.node_id] {
+            return Ok(self.store.get(key)?);
+        }
+        self.quorum_read(Bytes::copy_from_slice(key), placed).await
     }
 
-    async fn quorum_read(&self, key: Bytes, replicas: &[NodeId]) -> Result<Option<SiblingSet>, CoordError> {
+    async fn quorum_read(&self, key: Bytes, placed: Placed) -> Result<Option<SiblingSet>, CoordError> {
         let q = self.quorum();
         let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);
         let deadline = deadline_in(timeout);
         let me = self.clone();
         let k = key.clone();
-        let mut fan = FanOut::start(replicas, move |node| {
+        let mut fan = FanOut::start(&placed.nodes, move |node| {
             let me = me.clone();
             let k = k.clone();
             async move { me.replica_get(node, k).await }
@@ -306,13 +360,13 @@ impl Coordinator {
             let rest = fan.rest(deadline).await;
             let mut answers = got.ok;
             answers.extend(rest.ok);
-            me.repair(key, answers).await;
+            me.repair(key, answers, &placed).await;
         });
         Ok(merged)
     }
 
     /// Sends the merge of `answers` to every replica whose answer differs from it.
-    async fn repair(&self, key: Bytes, answers: Vec<(NodeId, Option<SiblingSet>)>) {
+    async fn repair(&self, key: Bytes, answers: Vec<(NodeId, Option<SiblingSet>)>, placed: &Placed) {
         let Some(merged) = merge_all(answers.iter().map(|(_, s)| s)) else {
             return;
         };
@@ -320,10 +374,11 @@ impl Coordinator {
             if set.as_ref() == Some(&merged) {
                 continue;
             }
+            let hint = placed.owner_for(node);
             let ok = if node == self.node_id {
-                self.merge_local(key.clone(), merged.clone()).await.is_ok()
+                self.merge_local(key.clone(), merged.clone(), hint).await.is_ok()
             } else {
-                self.replica_put(node, key.clone(), &merged).await.is_ok()
+                self.replica_put(node, key.clone(), &merged, hint).await.is_ok()
             };
             if ok {
                 self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
@@ -354,12 +409,19 @@ impl Coordinator {
         }
     }
 
-    /// Sends a set to a replica, which merges it durably.
-    async fn replica_put(&self, node: NodeId, key: Bytes, set: &SiblingSet) -> Result<(), String> {
+    /// Sends a set to a replica, which merges it durably (as a hint for `hint_for`).
+    pub async fn replica_put(
+        &self,
+        node: NodeId,
+        key: Bytes,
+        set: &SiblingSet,
+        hint_for: Option<NodeId>,
+    ) -> Result<(), String> {
         let m = self.member(node).await?;
         let req = Request::Put {
             key,
             set: Bytes::from(set.to_bytes()),
+            hint_for,
         };
         match self.call(&m, &req).await? {
             Response::Ack => Ok(()),
@@ -391,19 +453,20 @@ impl Coordinator {
         F: FnOnce(&[Option<SiblingSet>], u64) -> (Vec<Decision>, T) + Send + 'static,
     {
         let replicated = self.cluster.is_some() && self.quorum().n > 1;
+        let placements: Vec<Placed> = keys.iter().map(|k| self.placed(k)).collect();
         if replicated && !blind {
-            for k in &keys {
-                let replicas = self.replicas(k);
-                let others = replicas.iter().any(|r| *r != self.node_id);
-                if !others {
+            for (k, placed) in keys.iter().zip(&placements) {
+                if placed.nodes.iter().all(|r| *r == self.node_id) {
                     continue;
                 }
-                if let Some(merged) = self.quorum_read(k.clone(), &replicas).await? {
-                    self.merge_local(k.clone(), merged).await?;
+                if let Some(merged) = self.quorum_read(k.clone(), placed.clone()).await? {
+                    self.merge_local(k.clone(), merged, placed.owner_for(self.node_id))
+                        .await?;
                 }
             }
         }
         let node = self.node_id;
+        let my_hints: Vec<Option<NodeId>> = placements.iter().map(|p| p.owner_for(node)).collect();
         let committed = self
             .store
             .submit_many(keys.clone(), move |sets| {
@@ -415,8 +478,8 @@ impl Coordinator {
                     .zip(decisions)
                     .enumerate()
                     .map(|(i, (current, d))| {
-                        let change = apply(node, current, d);
-                        if let (true, Change::Put(set)) = (replicated, &change) {
+                        let change = apply(node, current, d, my_hints.get(i).copied().flatten());
+                        if let (true, Change::Put(set) | Change::PutHinted(set, _)) = (replicated, &change) {
                             written.push((i, set.clone()));
                         }
                         change
@@ -434,7 +497,7 @@ impl Coordinator {
         let task = tokio::spawn(async move {
             let (t, written) = committed.wait().await?;
             for (i, set) in written {
-                me.replicate(keys[i].clone(), set).await?;
+                me.replicate(keys[i].clone(), set, &placements[i]).await?;
             }
             Ok(t)
         });
@@ -444,24 +507,29 @@ impl Coordinator {
         }))
     }
 
-    /// Sends a set just written here to the key's other replicas; returns after W
-    /// durable copies in all (this node's counts as one).
-    async fn replicate(&self, key: Bytes, set: SiblingSet) -> Result<(), CoordError> {
+    /// Sends a set just written here to the key's other nodes (fallbacks hold it as a
+    /// hint for the owner they stand in for); returns after W durable copies in all
+    /// (this node's counts as one).
+    async fn replicate(&self, key: Bytes, set: SiblingSet, placed: &Placed) -> Result<(), CoordError> {
         let q = self.quorum();
-        let replicas = self.replicas(&key);
-        let others: Vec<NodeId> = replicas.iter().copied().filter(|r| *r != self.node_id).collect();
+        let others: Vec<NodeId> = placed.nodes.iter().copied().filter(|r| *r != self.node_id).collect();
         let need = q.w.saturating_sub(1).min(others.len());
         if others.is_empty() {
             return Ok(());
         }
+        if !placed.stand_ins.is_empty() {
+            self.stats.sloppy_writes.fetch_add(1, Ordering::Relaxed);
+        }
         let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);
         let me = self.clone();
         let set = Arc::new(set);
+        let placed = Arc::new(placed.clone());
         let mut fan = FanOut::start(&others, move |node| {
             let me = me.clone();
             let key = key.clone();
             let set = set.clone();
-            async move { me.replica_put(node, key, &set).await }
+            let hint = placed.owner_for(node);
+            async move { me.replica_put(node, key, &set, hint).await }
         });
         let mut got = Gathered::default();
         if fan.gather(need, deadline_in(timeout), &mut got).await {
@@ -639,8 +707,9 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
     crate::cluster::discovery::resolve(addr).await
 }
 
-/// Turns a decision into the change of the stored record, assigning the new dot.
-fn apply(node: NodeId, current: Option<SiblingSet>, decision: Decision) -> Change {
+/// Turns a decision into the change of the stored record, assigning the new dot; a record
+/// written here as a fallback carries a hint for the owner it stands in for.
+fn apply(node: NodeId, current: Option<SiblingSet>, decision: Decision, hint_for: Option<NodeId>) -> Change {
     match decision {
         Decision::Nothing => Change::Keep,
         Decision::Write { context, sibling } => {
@@ -650,7 +719,10 @@ fn apply(node: NodeId, current: Option<SiblingSet>, decision: Decision) -> Chang
                 WriteContext::Given(c) => c,
             };
             set.write(&ctx, node, clock::now_us(), sibling);
-            Change::Put(set)
+            match hint_for {
+                Some(owner) => Change::PutHinted(set, vec![owner]),
+                None => Change::Put(set),
+            }
         }
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     env: Env<WithoutTls>,
     data: Database<RawBytes, RawBytes>,
     meta: Database<RawBytes, RawBytes>,
+    /// Hints: which records this node holds for owners that were down (`lmdb key | owner`).
+    hints: Database<RawBytes, RawBytes>,
     /// Shared by read transactions, taken exclusively to resize the map (LMDB requires
     /// that no transaction be open in the process during a resize).
     gate: RwLock<()>,
@@ -114,11 +116,13 @@ impl Store {
         let mut wtxn = env.write_txn()?;
         let data: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("data"))?;
         let meta: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("meta"))?;
+        let hints: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("hints"))?;
         wtxn.commit()?;
         let inner = Arc::new(Inner {
             env,
             data,
             meta,
+            hints,
             gate: RwLock::new(()),
             map_size: AtomicUsize::new(map_size),
             stats: StoreStats::default(),
@@ -253,6 +257,57 @@ impl Store {
         })
     }
 
+    /// Up to `limit` hints after position `after` (exclusive; empty = from the start):
+    /// each the owner it is held for, the user key, and the record's current set (`None`
+    /// when the record is gone). Returns them with the position to continue from.
+    pub fn hints(&self, after: &[u8], limit: usize) -> Result<(Vec<Hint>, Vec<u8>), StoreError> {
+        self.read(|rtxn| {
+            let mut out = Vec::new();
+            let mut last = after.to_vec();
+            let lower = if after.is_empty() {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded(after)
+            };
+            for entry in self.inner.hints.range(rtxn, &(lower, Bound::Unbounded))? {
+                let (hk, _) = entry?;
+                last = hk.to_vec();
+                let Some((lkey, owner)) = split_hint_key(hk) else {
+                    continue;
+                };
+                let (key, set) = match self.inner.data.get(rtxn, lkey)? {
+                    Some(bytes) => {
+                        let it = item(lkey, bytes)?;
+                        (it.key, Some(it.set))
+                    }
+                    None => (
+                        keys::inline_key(lkey).map(Bytes::copy_from_slice).unwrap_or_default(),
+                        None,
+                    ),
+                };
+                out.push(Hint { owner, key, set });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok((out, last))
+        })
+    }
+
+    /// Hints pending, per owner.
+    pub fn hint_counts(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.read(|rtxn| {
+            let mut counts: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+            for entry in self.inner.hints.iter(rtxn)? {
+                let (hk, _) = entry?;
+                if let Some((_, owner)) = split_hint_key(hk) {
+                    *counts.entry(owner).or_default() += 1;
+                }
+            }
+            Ok(counts.into_iter().collect())
+        })
+    }
+
     /// Figures about the environment for INFO.
     pub fn figures(&self) -> Result<EnvFigures, StoreError> {
         let info = self.inner.env.info();
@@ -339,6 +394,23 @@ impl Store {
         self.inner.env.force_sync()?;
         Ok(())
     }
+}
+
+/// A record this node holds for an owner that was down when it was written.
+#[derive(Debug, Clone)]
+pub struct Hint {
+    /// The node the record belongs to.
+    pub owner: u64,
+    /// The user key (empty if the record is gone and its key was a digest).
+    pub key: Bytes,
+    /// The record's current set, or `None` if it is gone.
+    pub set: Option<SiblingSet>,
+}
+
+fn split_hint_key(hk: &[u8]) -> Option<(&[u8], u64)> {
+    let at = hk.len().checked_sub(8)?;
+    let (lkey, owner) = hk.split_at(at);
+    Some((lkey, u64::from_be_bytes(owner.try_into().ok()?)))
 }
 
 /// A queued write: resolves once its transaction is committed.

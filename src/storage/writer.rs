@@ -30,6 +30,17 @@ pub enum Change {
     Put(SiblingSet),
     /// Delete the record.
     Remove,
+    /// Store this sibling set, held for these owners that are down (sloppy quorum): a
+    /// hint for each owner is written in the same transaction, for hinted handoff.
+    PutHinted(SiblingSet, Vec<u64>),
+    /// A hint for `owner` was delivered: drop it, and the record too when this node is
+    /// not one of the key's home replicas.
+    HandedOff {
+        /// The owner that now holds the record.
+        owner: u64,
+        /// Whether to delete the record as well.
+        remove_record: bool,
+    },
 }
 
 /// A computation over the current sets of some keys, returning one change per key.
@@ -53,6 +64,8 @@ pub(crate) enum WriteOp {
 enum Logged {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    PutHint(Vec<u8>),
+    DeleteHint(Vec<u8>),
     Clear,
 }
 
@@ -144,8 +157,9 @@ fn apply_all(
             WriteOp::Close { done } => *close = Some(done),
             WriteOp::Clear { done } => {
                 acks.push(done);
+                let from = log.len();
                 log.push(Logged::Clear);
-                wtxn = replay_on_full(inner, wtxn, &log)?;
+                wtxn = replay_on_full(inner, wtxn, &log, from)?;
             }
             WriteOp::Update { keys: ks, apply, done } => {
                 let mut lkeys = Vec::with_capacity(ks.len());
@@ -170,16 +184,30 @@ fn apply_all(
                 }
                 let changes = apply(sets);
                 for ((k, lk), change) in ks.iter().zip(lkeys).zip(changes) {
+                    let from = log.len();
+                    let full = keys::needs_full_key(k).then_some(&k[..]);
                     match change {
                         Change::Keep => continue,
-                        Change::Put(set) => {
-                            let full = keys::needs_full_key(k).then_some(&k[..]);
+                        Change::Put(set) => log.push(Logged::Put(lk, record::encode(full, &set))),
+                        Change::PutHinted(set, owners) => {
+                            for owner in owners {
+                                log.push(Logged::PutHint(hint_key(&lk, owner)));
+                            }
                             log.push(Logged::Put(lk, record::encode(full, &set)));
                         }
                         Change::Remove => log.push(Logged::Delete(lk)),
+                        Change::HandedOff { owner, remove_record } => {
+                            // The record stays while it is still held for another owner.
+                            let held_for_others =
+                                other_hints(inner, &wtxn, &lk, owner).map_err(|e| map_err(inner, e))?;
+                            log.push(Logged::DeleteHint(hint_key(&lk, owner)));
+                            if remove_record && !held_for_others {
+                                log.push(Logged::Delete(lk));
+                            }
+                        }
                     }
                     inner.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    wtxn = replay_on_full(inner, wtxn, &log)?;
+                    wtxn = replay_on_full(inner, wtxn, &log, from)?;
                 }
                 acks.push(done);
             }
@@ -201,23 +229,44 @@ fn apply_all(
     }
 }
 
-/// Applies the newest logged change; if the map is full, grows it and replays the log.
+/// Applies the logged changes from index `from` on; if the map is full, grows it and
+/// replays the whole log.
 fn replay_on_full<'e>(
     inner: &'e Inner,
     mut wtxn: heed::RwTxn<'e>,
     log: &[Logged],
+    from: usize,
 ) -> Result<heed::RwTxn<'e>, StoreError> {
-    let Some(last) = log.last() else {
-        return Ok(wtxn);
-    };
-    match apply_logged(inner, &mut wtxn, last) {
-        Ok(()) => Ok(wtxn),
-        Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
-            wtxn.abort();
-            grow_and_replay(inner, log)
+    for l in &log[from..] {
+        match apply_logged(inner, &mut wtxn, l) {
+            Ok(()) => {}
+            Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
+                wtxn.abort();
+                return grow_and_replay(inner, log);
+            }
+            Err(e) => return Err(map_err(inner, e)),
         }
-        Err(e) => Err(map_err(inner, e)),
     }
+    Ok(wtxn)
+}
+
+/// Whether the record under `lmdb_key` is also held as a hint for an owner other than `owner`.
+fn other_hints(inner: &Inner, wtxn: &heed::RwTxn<'_>, lmdb_key: &[u8], owner: u64) -> Result<bool, heed::Error> {
+    for entry in inner.hints.prefix_iter(wtxn, lmdb_key)? {
+        let (hk, _) = entry?;
+        if hk.len() == lmdb_key.len() + 8 && hk[lmdb_key.len()..] != owner.to_be_bytes() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The key of a hint: the record's LMDB key, then the owner.
+pub(crate) fn hint_key(lmdb_key: &[u8], owner: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(lmdb_key.len() + 8);
+    k.extend_from_slice(lmdb_key);
+    k.extend_from_slice(&owner.to_be_bytes());
+    k
 }
 
 /// Grows the map and replays `log` into a fresh transaction, growing again until it fits.
@@ -243,7 +292,9 @@ fn apply_logged(inner: &Inner, wtxn: &mut heed::RwTxn<'_>, l: &Logged) -> Result
     match l {
         Logged::Put(k, v) => inner.data.put(wtxn, k, v),
         Logged::Delete(k) => inner.data.delete(wtxn, k).map(|_| ()),
-        Logged::Clear => inner.data.clear(wtxn),
+        Logged::PutHint(k) => inner.hints.put(wtxn, k, &[]),
+        Logged::DeleteHint(k) => inner.hints.delete(wtxn, k).map(|_| ()),
+        Logged::Clear => inner.data.clear(wtxn).and_then(|_| inner.hints.clear(wtxn)),
     }
 }
 

@@ -192,6 +192,44 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
             l(&node.coord.stats().peer_requests),
         );
     }
+    if want("cluster") {
+        let coord = &node.coord;
+        let q = coord.quorum();
+        let _ = write!(
+            out,
+            "# Cluster\r\nnode_id:{:016x}\r\nn:{}\r\nr:{}\r\nw:{}\r\n",
+            coord.node_id(),
+            q.n,
+            q.r,
+            q.w
+        );
+        if let Some(c) = coord.cluster() {
+            let view = c.membership.view();
+            let down = c.health.down(std::time::Instant::now());
+            let _ = write!(
+                out,
+                "cluster_members:{}\r\npeers_up:{}\r\npeers_down:{}\r\n",
+                view.members().len(),
+                view.members().len().saturating_sub(1 + down.len()),
+                down.len()
+            );
+            for m in view.members().iter().filter(|m| m.id != coord.node_id()) {
+                let state = if down.contains(&m.id) { "down" } else { "up" };
+                let _ = write!(out, "peer_{:016x}:addr={},state={state}\r\n", m.id, m.client_addr);
+            }
+        }
+        let hints = store.hint_counts().unwrap_or_default();
+        let _ = write!(out, "hints_pending:{}\r\n", hints.iter().map(|(_, n)| n).sum::<u64>());
+        for (owner, n) in hints {
+            let _ = write!(out, "hints_pending_{owner:016x}:{n}\r\n");
+        }
+        let _ = write!(
+            out,
+            "hints_delivered:{}\r\nsloppy_writes:{}\r\n\r\n",
+            coord.stats().hints_delivered.load(Ordering::Relaxed),
+            coord.stats().sloppy_writes.load(Ordering::Relaxed)
+        );
+    }
     if want("replication") {
         out.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
     }
