@@ -57,7 +57,10 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
             },
             Err(e) => Response::Error(format!("bad sibling set: {e}")),
         },
-        Request::Forward { proto, args } => Response::Reply(run_forwarded(node, proto, args).await),
+        Request::Forward { deadline_ms, .. } if crate::clock::now_ms() > deadline_ms => {
+            Response::Error("forwarded request arrived after its deadline; not run".into())
+        }
+        Request::Forward { proto, args, .. } => Response::Reply(run_forwarded(node, proto, args).await),
         Request::Members => Response::Members(
             coord
                 .cluster()

@@ -37,6 +37,11 @@ pub enum Request {
         proto: u8,
         /// The command and its arguments.
         args: Vec<Bytes>,
+        /// Wall-clock time (ms) after which the sender has given up and told its client
+        /// so: a forward that arrives later (a frame TCP retransmitted after a partition
+        /// healed) must not run, or a write the client saw fail would land after the
+        /// client's later writes.
+        deadline_ms: u64,
     },
     /// Send the member list this node knows.
     Members,
@@ -135,6 +140,7 @@ mod tests {
             Request::Forward {
                 proto: 3,
                 args: vec![Bytes::from("GET"), Bytes::from("k")],
+                deadline_ms: 1,
             },
             Request::Scan {
                 cursor: 5,

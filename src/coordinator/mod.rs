@@ -267,7 +267,14 @@ impl Coordinator {
     pub async fn call(&self, member: &MemberInfo, req: &Request) -> Result<Response, String> {
         let c = self.cluster.as_ref().ok_or("no cluster")?;
         let addr = resolve(&member.cluster_addr).await.ok_or("unresolvable address")?;
-        let result = c.pool.call(addr, messages::encode(req), c.timeout).await;
+        // A forwarded command may itself wait for a quorum read and then a quorum write;
+        // whole-node requests (scan, count, flush) walk a store.
+        let timeout = match req {
+            Request::Forward { .. } => c.timeout * 3,
+            Request::Scan { .. } | Request::Count { .. } | Request::Flush => c.timeout * 10,
+            _ => c.timeout,
+        };
+        let result = c.pool.call(addr, messages::encode(req), timeout).await;
         match &result {
             Ok(_) => c.health.success(member.id, std::time::Instant::now()),
             Err(_) => c.health.failure(member.id, std::time::Instant::now()),
@@ -284,7 +291,19 @@ impl Coordinator {
     /// already encoded for protocol `proto`.
     pub async fn forward(&self, member: &MemberInfo, proto: u8, args: Vec<Bytes>) -> Result<Bytes, CoordError> {
         self.stats.forwards.fetch_add(1, Ordering::Relaxed);
-        match self.call(member, &Request::Forward { proto, args }).await {
+        let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout) * 3;
+        let deadline_ms = clock::now_ms() + timeout.as_millis() as u64;
+        match self
+            .call(
+                member,
+                &Request::Forward {
+                    proto,
+                    args,
+                    deadline_ms,
+                },
+            )
+            .await
+        {
             Ok(Response::Reply(b)) => Ok(b),
             Ok(other) => Err(CoordError::Peer(format!("unexpected answer to a forward: {other:?}"))),
             Err(e) => Err(CoordError::Peer(format!(
