@@ -904,3 +904,62 @@ fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
     );
     guard.node_pids.clear();
 }
+
+fn cluster_field(raw: &mut Raw, field: &str) -> u64 {
+    info_u64(raw, "cluster", field)
+}
+
+/// Sloppy quorum and hinted handoff: with an owner paused, writes still succeed, fallbacks
+/// keep hints; a fallback killed with SIGKILL comes back with its hints (they are in
+/// LMDB), and once the owner answers again every hint is delivered and dropped, leaving
+/// every key on exactly N nodes.
+#[test]
+fn hints_survive_a_crash_of_the_fallback_and_reach_the_owner() {
+    let _g = serial();
+    let mut c = Cluster::start_with(ClusterSetup::new(4).timeout_ms(500));
+    let owner = 3;
+    c.node(owner).signal(libc::SIGSTOP);
+    let seen_down = eventually(Duration::from_secs(8), || {
+        (0..3).all(|i| cluster_field(&mut c.raw(i), "peers_down") == 1)
+    });
+    assert!(seen_down, "the paused node was never seen down");
+    let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("hint:{i}").into_bytes()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let v = format!("v{i}");
+        ok(
+            &c.raw(i % 3).cmd(&[b"SET", k, v.as_bytes()]),
+            "SET while an owner is paused",
+        );
+    }
+    let pending: Vec<u64> = (0..3).map(|i| cluster_field(&mut c.raw(i), "hints_pending")).collect();
+    assert!(pending.iter().sum::<u64>() > 0, "no hints were stored: {pending:?}");
+    let sloppy: u64 = (0..3).map(|i| cluster_field(&mut c.raw(i), "sloppy_writes")).sum();
+    assert!(sloppy > 0, "no write was counted as sloppy");
+
+    // Crash the fallback holding the most hints; it restarts with all of them.
+    let fallback = (0..3).max_by_key(|&i| pending[i]).unwrap_or(0);
+    c.node_mut(fallback).kill9();
+    c.node_mut(fallback).start_again();
+    let after_restart = cluster_field(&mut c.raw(fallback), "hints_pending");
+    assert_eq!(after_restart, pending[fallback], "hints lost in the crash");
+
+    c.node(owner).signal(libc::SIGCONT);
+    let drained = eventually(Duration::from_secs(20), || {
+        (0..4).all(|i| cluster_field(&mut c.raw(i), "hints_pending") == 0)
+    });
+    assert!(drained, "hints were not handed off after the owner came back");
+    assert!(
+        cluster_field(&mut c.raw(fallback), "hints_delivered") > 0,
+        "the restarted fallback delivered nothing"
+    );
+    for (i, k) in keys.iter().enumerate() {
+        let holders = (0..4).filter(|&n| c.local(n, k).is_some()).count();
+        assert_eq!(
+            holders,
+            3,
+            "key {} held by {holders} nodes after handoff",
+            String::from_utf8_lossy(k)
+        );
+        assert_eq!(c.raw(i % 4).cmd(&[b"GET", k]), Resp::bulk(format!("v{i}")));
+    }
+}
