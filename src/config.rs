@@ -83,6 +83,8 @@ pub struct Config {
     /// A peer that has answered nothing for this long (ms) while requests failed is down:
     /// sloppy quorums route around it until it answers again.
     pub failure_timeout_ms: u64,
+    /// Where Prometheus scrapes `/metrics`; `None` when turned off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -113,6 +115,7 @@ impl Default for Config {
             request_timeout_ms: 1000,
             weight: 1.0,
             failure_timeout_ms: 2000,
+            metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9379))),
         }
     }
 }
@@ -175,6 +178,7 @@ pub struct FileConfig {
     request_timeout_ms: Option<u64>,
     weight: Option<f64>,
     failure_timeout_ms: Option<u64>,
+    metrics_addr: Option<String>,
 }
 
 /// The flags of `dynkv server`; each overrides the config file.
@@ -237,6 +241,12 @@ pub struct ServerArgs {
     /// Milliseconds without an answer after which a failing peer is routed around (default 2000).
     #[arg(long)]
     pub failure_timeout_ms: Option<u64>,
+    /// Address of the Prometheus `/metrics` endpoint (default 127.0.0.1:9379), or `off`.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Write logs as JSON lines instead of human-readable text.
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 impl Config {
@@ -244,9 +254,16 @@ impl Config {
     pub fn load(args: &ServerArgs) -> Result<Config, ConfigError> {
         let mut cfg = Config::default();
         if let Some(path) = &args.config {
-            cfg.apply_file(&read_file(path)?);
+            let file = read_file(path)?;
+            cfg.apply_file(&file);
+            if let Some(m) = &file.metrics_addr {
+                cfg.metrics_addr = parse_metrics_addr(m)?;
+            }
         }
         cfg.apply_args(args);
+        if let Some(m) = &args.metrics_addr {
+            cfg.metrics_addr = parse_metrics_addr(m)?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -404,6 +421,17 @@ impl Config {
     pub fn clustered(&self) -> bool {
         !self.seeds.is_empty() || self.cluster_secret.is_some()
     }
+}
+
+/// `off` or a socket address.
+fn parse_metrics_addr(s: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        name: "metrics-addr",
+        reason: format!("expected HOST:PORT or off, got {s:?}"),
+    })
 }
 
 /// Half the cores, at least one: the other half is left to the LMDB writer thread, the

@@ -71,6 +71,7 @@ pub async fn run(nodes: usize, base_port: u16, dir: PathBuf, extra: Vec<String>)
             .arg("server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--cluster-port", &(port + 10000).to_string()])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", u32::from(port) + 2378)])
             .arg("--data-dir")
             .arg(&data)
             .args(["--seeds", &seeds, "--cluster-secret", &secret])
@@ -84,9 +85,10 @@ pub async fn run(nodes: usize, base_port: u16, dir: PathBuf, extra: Vec<String>)
     println!("dynkv dev cluster: {nodes} nodes, data and logs in {}", dir.display());
     for (i, (port, child)) in children.iter().enumerate() {
         println!(
-            "  node {}: redis-cli -p {port}   (internode port {}, pid {})",
+            "  node {}: redis-cli -p {port}   (internode port {}, metrics http://127.0.0.1:{}/metrics, pid {})",
             i + 1,
             port + 10000,
+            u32::from(*port) + 2378,
             child.id()
         );
     }

@@ -15,9 +15,11 @@
 //! - [`rpc`]: the internode transport (framing, secret handshake, connection pool).
 //! - [`internode`]: what a node answers to its peers.
 //! - [`resp`]: the Redis protocol: parser, replies, connections, listener, commands.
+//! - [`metrics`]: the names of every Prometheus metric and the exporter.
 //! - [`sweep`]: background removal of expired and deleted records.
 //! - [`node`]: a running node's shared state; [`server`] starts and stops one.
 //! - [`dev_cluster`]: `dynkv dev-cluster`, a local cluster of real processes.
+//! - [`migrate`]: `dynkv migrate`, copying a live Redis's string keys into dynkv.
 
 pub mod clock;
 pub mod cluster;
@@ -26,6 +28,8 @@ pub mod coordinator;
 pub mod dev_cluster;
 pub mod error;
 pub mod internode;
+pub mod metrics;
+pub mod migrate;
 pub mod node;
 pub mod resp;
 pub mod ring;

@@ -41,6 +41,8 @@ enum Command {
         #[arg(last = true)]
         extra: Vec<String>,
     },
+    /// Copy a live Redis's string keys, with their TTLs, into dynkv (resumable).
+    Migrate(Box<dynkv::migrate::MigrateArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,20 +64,29 @@ fn main() -> anyhow::Result<()> {
                 .block_on(dynkv::dev_cluster::run(nodes, base_port, data_dir, extra))
                 .context("dev-cluster failed");
         }
+        Some(Command::Migrate(m)) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return runtime.block_on(dynkv::migrate::run(*m)).context("migrate failed");
+        }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DYNKV_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let config = Config::load(&args).context("invalid configuration")?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("DYNKV_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        builder.worker_threads(n);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DYNKV_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
     }
-    let runtime = builder.enable_all().build().context("cannot start the async runtime")?;
+    let config = Config::load(&args).context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = Shutdown::new();
         let signals = shutdown.clone();

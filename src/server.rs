@@ -43,6 +43,43 @@ pub enum ServerError {
     },
 }
 
+/// Every two seconds, sets the gauges that describe state rather than events: clients,
+/// LMDB sizes, hints pending per peer, peers up and down.
+async fn publish_gauges(node: Arc<Node>, shutdown: Shutdown) {
+    use crate::metrics as m;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut peers_with_hints: Vec<u64> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        ::metrics::gauge!(m::CLIENTS).set(node.client_count() as f64);
+        let store = node.coord.store();
+        if let Ok(f) = store.figures() {
+            ::metrics::gauge!(m::LMDB_MAP_BYTES).set(f.map_size as f64);
+            ::metrics::gauge!(m::LMDB_USED_BYTES).set(f.used_bytes as f64);
+        }
+        let counts = store.hint_counts().unwrap_or_default();
+        // Peers whose hints all drained go back to zero rather than vanishing.
+        for peer in &peers_with_hints {
+            if !counts.iter().any(|(p, _)| p == peer) {
+                ::metrics::gauge!(m::HINTS_PENDING, "peer" => format!("{peer:016x}")).set(0.0);
+            }
+        }
+        for (peer, n) in &counts {
+            ::metrics::gauge!(m::HINTS_PENDING, "peer" => format!("{peer:016x}")).set(*n as f64);
+        }
+        peers_with_hints = counts.into_iter().map(|(p, _)| p).collect();
+        if let Some(c) = node.coord.cluster() {
+            let members = c.membership.view().members().len().saturating_sub(1);
+            let down = c.health.down(std::time::Instant::now()).len();
+            ::metrics::gauge!(m::PEERS, "state" => "up").set(members.saturating_sub(down) as f64);
+            ::metrics::gauge!(m::PEERS, "state" => "down").set(down as f64);
+        }
+    }
+}
+
 /// Runs a node until `shutdown` is triggered (by a signal, or the SHUTDOWN command).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
     let store = Store::open(&config.data_dir, config.fsync, config.initial_map_size)?;
@@ -98,7 +135,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         config.expire_sweep_keys,
         config.tombstone_grace_secs.saturating_mul(1000),
     ));
+    if let Some(addr) = config.metrics_addr {
+        // A node without its metrics endpoint still serves clients: say so loudly.
+        match crate::metrics::install(addr) {
+            Ok(()) => tracing::info!("metrics on http://{addr}/metrics"),
+            Err(e) => tracing::error!("metrics endpoint {addr} not started: {e}"),
+        }
+    }
     let node = Arc::new(Node::new(config, coord, shutdown.clone()));
+    let gauges = tokio::spawn(publish_gauges(node.clone(), shutdown.clone()));
     node.bound_port.store(u64::from(local.port()), Ordering::Relaxed);
     let mut background = Vec::new();
     if let Some((peer_listener, rpc_config, identity, membership, pool)) = peers {
@@ -137,6 +182,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     );
     listener::run(node.clone(), listener).await;
     let _ = sweep.await;
+    let _ = gauges.await;
     for task in background {
         let _ = task.await;
     }

@@ -31,6 +31,8 @@ pub fn dead_since(set: &SiblingSet) -> u64 {
 /// removes those dead for at least `grace_ms`.
 pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, budget: usize, grace_ms: u64) {
     let mut cursor = 0u64;
+    // Counts over the current full pass of the store, published when the pass ends.
+    let (mut dead, mut conflicted) = (0u64, 0u64);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -45,8 +47,20 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, bud
                 continue;
             }
         };
-        cursor = next;
         let now = crate::clock::now_ms();
+        for it in &items {
+            if it.set.is_dead(now) {
+                dead += 1;
+            } else if it.set.live(now).nth(1).is_some() {
+                conflicted += 1;
+            }
+        }
+        if next == 0 {
+            ::metrics::gauge!(crate::metrics::TOMBSTONES).set(dead as f64);
+            ::metrics::gauge!(crate::metrics::KEYS_WITH_SIBLINGS).set(conflicted as f64);
+            (dead, conflicted) = (0, 0);
+        }
+        cursor = next;
         let due: Vec<_> = items
             .into_iter()
             .filter(|it| it.set.is_dead(now) && dead_since(&it.set).saturating_add(grace_ms) <= now)
@@ -81,6 +95,7 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, bud
                     .stats()
                     .reaped
                     .fetch_add(reaped.load(Ordering::Relaxed), Ordering::Relaxed);
+                ::metrics::counter!(crate::metrics::TOMBSTONES_REAPED).increment(reaped.load(Ordering::Relaxed));
             }
             Err(e) => tracing::error!("expiry sweep removal failed: {e}"),
         }

@@ -84,6 +84,7 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown) {
                 .await;
             if let Ok(true) = handed {
                 coord.stats().hints_delivered.fetch_add(1, Ordering::Relaxed);
+                ::metrics::counter!(crate::metrics::HINTS_DELIVERED, "peer" => format!("{owner:016x}")).increment(1);
             }
         }
     }

@@ -31,6 +31,7 @@ use crate::cluster::health::Health;
 use crate::cluster::messages::{self, Request, Response};
 use crate::cluster::{MemberInfo, Membership};
 use crate::error::CoordError;
+use crate::metrics as m;
 use crate::ring::partition_of;
 use crate::rpc::Pool;
 use crate::storage::{Change, ScanItem, Store};
@@ -291,6 +292,7 @@ impl Coordinator {
     /// already encoded for protocol `proto`.
     pub async fn forward(&self, member: &MemberInfo, proto: u8, args: Vec<Bytes>) -> Result<Bytes, CoordError> {
         self.stats.forwards.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(m::FORWARDS).increment(1);
         let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout) * 3;
         let deadline_ms = clock::now_ms() + timeout.as_millis() as u64;
         match self
@@ -368,7 +370,10 @@ impl Coordinator {
             async move { me.replica_get(node, k).await }
         });
         let mut got = Gathered::default();
-        if !fan.gather(q.r, deadline, &mut got).await {
+        let started = std::time::Instant::now();
+        let met = fan.gather(q.r, deadline, &mut got).await;
+        record_quorum("read", met, &placed, started);
+        if !met {
             self.stats.quorum_failures.fetch_add(1, Ordering::Relaxed);
             return Err(CoordError::quorum("read", q.r, got.ok.len(), got.failed));
         }
@@ -401,6 +406,7 @@ impl Coordinator {
             };
             if ok {
                 self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+                ::metrics::counter!(m::READ_REPAIRS).increment(1);
                 tracing::debug!(node = format!("{node:016x}"), "read repair");
             }
         }
@@ -538,20 +544,24 @@ impl Coordinator {
         }
         if !placed.stand_ins.is_empty() {
             self.stats.sloppy_writes.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(m::SLOPPY_WRITES).increment(1);
         }
         let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);
         let me = self.clone();
         let set = Arc::new(set);
-        let placed = Arc::new(placed.clone());
+        let shared = Arc::new(placed.clone());
         let mut fan = FanOut::start(&others, move |node| {
             let me = me.clone();
             let key = key.clone();
             let set = set.clone();
-            let hint = placed.owner_for(node);
+            let hint = shared.owner_for(node);
             async move { me.replica_put(node, key, &set, hint).await }
         });
         let mut got = Gathered::default();
-        if fan.gather(need, deadline_in(timeout), &mut got).await {
+        let started = std::time::Instant::now();
+        let met = fan.gather(need, deadline_in(timeout), &mut got).await;
+        record_quorum("write", met, placed, started);
+        if met {
             Ok(())
         } else {
             self.stats.quorum_failures.fetch_add(1, Ordering::Relaxed);
@@ -707,6 +717,19 @@ impl Coordinator {
             self.call(m, &Request::Flush).await.map_err(CoordError::Peer)?;
         }
         Ok(())
+    }
+}
+
+/// Counts a quorum round by outcome (met, sloppy: met with a fallback, failed) and times it.
+fn record_quorum(op: &'static str, met: bool, placed: &Placed, started: std::time::Instant) {
+    let outcome = match (met, placed.stand_ins.is_empty()) {
+        (false, _) => "failed",
+        (true, true) => "met",
+        (true, false) => "sloppy",
+    };
+    ::metrics::counter!(m::QUORUMS, "op" => op, "outcome" => outcome).increment(1);
+    if met {
+        ::metrics::histogram!(m::QUORUM_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
     }
 }
 

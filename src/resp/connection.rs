@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +20,7 @@ use super::cmd::{self, Ctx, Outcome};
 use super::parser::{Limits, RequestParser};
 use super::reply::Reply;
 use crate::coordinator::Pending;
+use crate::metrics as m;
 use crate::node::{Node, Stats};
 
 /// Replies are sent once this many bytes are waiting.
@@ -34,17 +36,24 @@ enum Class {
     Other,
 }
 
-fn class_of(name: &[u8]) -> Class {
-    match cmd::lookup(name) {
+fn class_of(spec: Option<&cmd::Spec>) -> Class {
+    match spec {
         Some(s) if s.flags.contains(&"write") => Class::Write,
         Some(s) if s.flags.contains(&"readonly") => Class::Read,
         _ => Class::Other,
     }
 }
 
-enum Slot {
+enum Reply_ {
     Ready(Reply),
     Waiting(Pending<Reply>),
+}
+
+/// A queued reply with what the metrics need: the command's name and arrival time.
+struct Slot {
+    reply: Reply_,
+    cmd: &'static str,
+    started: Instant,
 }
 
 struct Conn {
@@ -60,10 +69,12 @@ impl Conn {
     /// Awaits queued replies in order and encodes them.
     async fn drain(&mut self, proto: u8) -> std::io::Result<()> {
         while let Some(slot) = self.queue.pop_front() {
-            let reply = match slot {
-                Slot::Ready(r) => r,
-                Slot::Waiting(p) => p.await.unwrap_or_else(cmd::util::coord_error),
+            let reply = match slot.reply {
+                Reply_::Ready(r) => r,
+                Reply_::Waiting(p) => p.await.unwrap_or_else(cmd::util::coord_error),
             };
+            ::metrics::counter!(m::COMMANDS, "cmd" => slot.cmd).increment(1);
+            ::metrics::histogram!(m::COMMAND_SECONDS, "cmd" => slot.cmd).record(slot.started.elapsed().as_secs_f64());
             self.encode(&reply, proto);
             if self.wbuf.len() > self.node.config.max_output_buffer {
                 return Err(std::io::Error::other("output buffer limit reached; connection closed"));
@@ -78,6 +89,7 @@ impl Conn {
     fn encode(&mut self, reply: &Reply, proto: u8) {
         if reply.is_error() {
             Stats::add(&self.node.stats.error_replies, 1);
+            ::metrics::counter!(m::ERRORS, "kind" => error_kind(reply)).increment(1);
         }
         reply.encode(proto, &mut self.wbuf);
     }
@@ -86,12 +98,31 @@ impl Conn {
         if !self.wbuf.is_empty() {
             self.socket.write_all(&self.wbuf).await?;
             Stats::add(&self.node.stats.net_output_bytes, self.wbuf.len() as u64);
+            ::metrics::counter!(m::NET_OUT).increment(self.wbuf.len() as u64);
             self.wbuf.clear();
             if self.wbuf.capacity() > 4 * FLUSH_AT {
                 self.wbuf = BytesMut::with_capacity(FLUSH_AT);
             }
         }
         Ok(())
+    }
+}
+
+/// The metric label of an error reply: its code, from a fixed set (no unbounded labels).
+fn error_kind(reply: &Reply) -> &'static str {
+    let text = match reply {
+        Reply::Error(e) => e.as_str(),
+        Reply::Raw(b) => std::str::from_utf8(b.get(1..).unwrap_or_default()).unwrap_or("ERR"),
+        _ => "ERR",
+    };
+    match m::error_kind(text) {
+        "NOAUTH" => "NOAUTH",
+        "WRONGPASS" => "WRONGPASS",
+        "NOPROTO" => "NOPROTO",
+        "CROSSSLOT" => "CROSSSLOT",
+        "WRONGTYPE" => "WRONGTYPE",
+        _ if text.contains("quorum not met") => "QUORUM",
+        _ => "ERR",
     }
 }
 
@@ -148,7 +179,10 @@ async fn run(
                 }
             };
             Stats::add(&conn.node.stats.commands_processed, 1);
-            let class = class_of(&args[0]);
+            let started = Instant::now();
+            let spec = cmd::lookup(&args[0]);
+            let cmd_name = spec.map_or("unknown", |s| s.name);
+            let class = class_of(spec);
             if class == Class::Other || class != conn.queued || conn.queue.len() >= MAX_IN_FLIGHT {
                 conn.drain(client.proto).await?;
             }
@@ -166,9 +200,13 @@ async fn run(
                 conn.flush().await?;
                 return Ok(());
             }
-            conn.queue.push_back(match outcome {
-                Outcome::Now(r) => Slot::Ready(r),
-                Outcome::Later(p) => Slot::Waiting(p),
+            conn.queue.push_back(Slot {
+                reply: match outcome {
+                    Outcome::Now(r) => Reply_::Ready(r),
+                    Outcome::Later(p) => Reply_::Waiting(p),
+                },
+                cmd: cmd_name,
+                started,
             });
             if client.closing {
                 conn.drain(client.proto).await?;
@@ -190,5 +228,6 @@ async fn run(
             return Ok(());
         }
         Stats::add(&conn.node.stats.net_input_bytes, n as u64);
+        ::metrics::counter!(m::NET_IN).increment(n as u64);
     }
 }

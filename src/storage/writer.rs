@@ -118,8 +118,13 @@ fn finish_batch(inner: &Inner, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec
 fn commit_batch(inner: &Inner, batch: &mut Vec<WriteOp>) -> Option<oneshot::Sender<()>> {
     let mut acks = Vec::with_capacity(batch.len());
     let mut close = None;
+    let started = std::time::Instant::now();
     let result = apply_all(inner, batch, &mut acks, &mut close);
     inner.stats.max_batch.fetch_max(acks.len() as u64, Ordering::Relaxed);
+    if !acks.is_empty() {
+        ::metrics::histogram!(crate::metrics::COMMIT_BATCH).record(acks.len() as f64);
+        ::metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    }
     match result {
         Ok(()) => {
             for a in acks {

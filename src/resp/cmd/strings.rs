@@ -28,10 +28,21 @@ where
     }
 }
 
+/// Counts the live siblings a read saw (0 for a missing key is not recorded).
+fn record_siblings(set: Option<&SiblingSet>, now: u64) {
+    if let Some(s) = set {
+        let n = s.live(now).count();
+        if n > 0 {
+            ::metrics::histogram!(crate::metrics::SIBLINGS_PER_READ).record(n as f64);
+        }
+    }
+}
+
 /// Reads a key's live value.
 pub async fn read_value(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Sibling>, Reply> {
     let set = ctx.node.coord.read(key).await.map_err(coord_error)?;
     let now = crate::clock::now_ms();
+    record_siblings(set.as_ref(), now);
     let v = live(set.as_ref(), now).cloned();
     let counter = if v.is_some() {
         &ctx.node.stats.keyspace_hits
@@ -50,6 +61,7 @@ pub async fn get(ctx: &mut Ctx<'_>) -> Outcome {
         let node = ctx.node.clone();
         let task = tokio::spawn(async move {
             let set = node.coord.read(&key).await.map_err(coord_error)?;
+            record_siblings(set.as_ref(), crate::clock::now_ms());
             let v = live(set.as_ref(), crate::clock::now_ms()).map(|s| s.value.clone());
             let counter = if v.is_some() {
                 &node.stats.keyspace_hits
