@@ -42,6 +42,7 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown) {
         };
         // Start over from the beginning once a pass reached the end.
         cursor = if hints.len() < PER_ROUND { Vec::new() } else { next };
+        let mut per_owner: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
         for hint in hints {
             let owner = hint.owner;
             let Some(set) = hint.set else {
@@ -83,9 +84,14 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown) {
                 })
                 .await;
             if let Ok(true) = handed {
+                *per_owner.entry(owner).or_default() += 1;
                 coord.stats().hints_delivered.fetch_add(1, Ordering::Relaxed);
                 ::metrics::counter!(crate::metrics::HINTS_DELIVERED, "peer" => format!("{owner:016x}")).increment(1);
             }
+        }
+        // One line per owner and round, never one per record.
+        for (owner, n) in per_owner {
+            tracing::info!(peer = format!("{owner:016x}"), records = n, "hinted handoff delivered");
         }
     }
 }

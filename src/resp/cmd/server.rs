@@ -206,9 +206,16 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
         if let Some(c) = coord.cluster() {
             let view = c.membership.view();
             let down = c.health.down(std::time::Instant::now());
+            let me = coord.node_id();
+            let (mut led, mut held) = (0, 0);
+            for p in 0..16384u16 {
+                let replicas = view.replicas(p, q.n);
+                led += usize::from(replicas.first() == Some(&me));
+                held += usize::from(replicas.contains(&me));
+            }
             let _ = write!(
                 out,
-                "cluster_members:{}\r\npeers_up:{}\r\npeers_down:{}\r\n",
+                "cluster_members:{}\r\npeers_up:{}\r\npeers_down:{}\r\npartitions_led:{led}\r\npartitions_replicated:{held}\r\n",
                 view.members().len(),
                 view.members().len().saturating_sub(1 + down.len()),
                 down.len()
