@@ -587,13 +587,21 @@ impl Coordinator {
         };
         let view = c.membership.view();
         let n = self.quorum().n;
+        let now = std::time::Instant::now();
+        let me = self.node_id;
+        // A home replica holds the partition's records: this node if it is one, else the
+        // first that answers; a fallback only when no home replica does.
         let source = |p: u16| -> NodeId {
-            let replicas = view.replicas(p, n);
-            if replicas.contains(&self.node_id) {
-                self.node_id
-            } else {
-                replicas.first().copied().unwrap_or(self.node_id)
+            let home = view.replicas(p, n);
+            if home.contains(&me) {
+                return me;
             }
+            let up = |id: &NodeId| c.health.is_up(*id, now);
+            home.iter()
+                .copied()
+                .find(up)
+                .or_else(|| home.first().copied())
+                .unwrap_or(me)
         };
         let mut cursor = cursor;
         let mut out = Vec::new();
@@ -678,12 +686,21 @@ impl Coordinator {
             return self.count_local(&(0..16384u16).collect::<Vec<_>>());
         };
         let view = c.membership.view();
+        let now = std::time::Instant::now();
+        let me = self.node_id;
         let n = self.quorum().n;
         let (mut total, mut expiring) = (0, 0);
         for m in view.members() {
             let partitions: Vec<u16> = (0..16384u16)
-                .filter(|&p| view.replicas(p, n).first() == Some(&m.id))
+                .filter(|&p| {
+                    let home = view.replicas(p, n);
+                    let up = |id: &NodeId| *id == me || c.health.is_up(*id, now);
+                    home.iter().copied().find(up).or_else(|| home.first().copied()) == Some(m.id)
+                })
                 .collect();
+            if partitions.is_empty() {
+                continue;
+            }
             let (k, e) = if m.id == self.node_id {
                 self.count_local(&partitions)?
             } else {
