@@ -963,3 +963,44 @@ fn hints_survive_a_crash_of_the_fallback_and_reach_the_owner() {
         assert_eq!(c.raw(i % 4).cmd(&[b"GET", k]), Resp::bulk(format!("v{i}")));
     }
 }
+
+/// SCAN, KEYS and DBSIZE still see every key while a node is down: each partition is read
+/// from a home replica that answers, not from a fallback that holds only recent writes.
+#[test]
+fn scan_and_dbsize_cover_the_cluster_while_a_node_is_down() {
+    let _g = serial();
+    let mut c = Cluster::start_with(ClusterSetup::new(4).timeout_ms(500));
+    let reqs: Vec<Vec<Vec<u8>>> = (0..200)
+        .map(|i| req(&[b"SET", format!("scan:{i}").as_bytes(), b"v"]))
+        .collect();
+    for r in pipeline(&mut c.raw(0), &reqs) {
+        ok(&r, "SET");
+    }
+    c.node(3).signal(libc::SIGSTOP);
+    let seen_down = eventually(Duration::from_secs(8), || {
+        cluster_field(&mut c.raw(0), "peers_down") == 1
+    });
+    assert!(seen_down, "node 3 never seen down");
+    assert_eq!(c.raw(0).cmd(&[b"DBSIZE"]), Resp::Int(200));
+    let mut seen = BTreeSet::new();
+    let mut cursor = b"0".to_vec();
+    loop {
+        let r = c.raw(1).cmd(&[b"SCAN", &cursor, b"COUNT", b"50"]);
+        let items = r.items();
+        let Resp::Bulk(next) = &items[0] else {
+            panic!("SCAN reply: {r:?}");
+        };
+        for k in items[1].items() {
+            if let Resp::Bulk(k) = k {
+                seen.insert(k.clone());
+            }
+        }
+        if next.as_slice() == b"0" {
+            break;
+        }
+        cursor = next.clone();
+    }
+    assert_eq!(seen.len(), 200, "SCAN with a node down saw {} keys", seen.len());
+    c.node(3).signal(libc::SIGCONT);
+    c.node_mut(3).stop();
+}
