@@ -32,7 +32,7 @@ const DEFAULT_METRICS_PORT: u16 = 9379;
 // What src/metrics.rs declares
 // ---------------------------------------------------------------------------------------
 
-/// The quoted string after `from` in `text`.
+/// The first double-quoted string in `text`.
 fn quoted_after(text: &str) -> Option<&str> {
     let start = text.find('"')? + 1;
     let len = text[start..].find('"')?;
@@ -500,6 +500,26 @@ fn keyslot(raw: &mut Raw, key: &[u8]) -> usize {
     }
 }
 
+/// Waits until every thread of a SIGSTOPped server is stopped (`T` in /proc), so that
+/// nothing it does can race with what the test does next.
+fn wait_stopped(s: &Server) {
+    let pid = s.pid().expect("running");
+    let all_stopped = eventually(Duration::from_secs(5), || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            })
+        })
+    });
+    assert!(all_stopped, "process {pid} did not stop after SIGSTOP");
+}
+
 /// What the scenario leaves for the assertions.
 struct Outcome {
     /// The last scrape of every node, taken after all traffic.
@@ -641,8 +661,8 @@ fn run_scenario() -> Outcome {
     // Node 3 restarts below; keep what it counted so far.
     m.scrape_all(&mut seen, &[]);
 
-    // -- A failed quorum: two of a key's three replicas are paused (not yet seen down), so
-    // a write through the third gets one acknowledgement of W=2 and fails at the deadline.
+    // -- A failed quorum: a write through node 0 while all other nodes are paused gets one
+    // acknowledgement of W=2 and fails at the deadline.
     let layout = slot_layout(&mut m.raw(0));
     let (p0, p2, p3) = (
         m.cluster.node(0).port(),
@@ -658,15 +678,30 @@ fn run_scenario() -> Outcome {
         .map(|i| format!("doomed:{i}"))
         .find(|k| held_by(&mut raw0, k, &[p0, p2, p3]))
         .expect("a key on nodes 0, 2 and 3");
-    m.cluster.node(2).signal(libc::SIGSTOP);
-    m.cluster.node(3).signal(libc::SIGSTOP);
+    // Every other node is paused, so neither the replicas nor a fallback can acknowledge,
+    // whatever node 0's failure detector believes at this instant.
+    for i in [1, 2, 3] {
+        m.cluster.node(i).signal(libc::SIGSTOP);
+        wait_stopped(m.cluster.node(i));
+    }
+    let t0 = Instant::now();
     let r = raw0.cmd(&[b"SET", doomed.as_bytes(), b"x"]);
-    m.cluster.node(2).signal(libc::SIGCONT);
-    m.cluster.node(3).signal(libc::SIGCONT);
-    assert!(
-        matches!(&r, Resp::Error(e) if e.contains("quorum")),
-        "SET with two of three replicas paused should fail for want of a quorum: {r:?}"
-    );
+    let took = t0.elapsed();
+    for i in [1, 2, 3] {
+        m.cluster.node(i).signal(libc::SIGCONT);
+    }
+    if !matches!(&r, Resp::Error(e) if e.contains("quorum")) {
+        // Diagnostics: who took the write, and how node 0 saw the cluster.
+        std::thread::sleep(Duration::from_millis(300));
+        let holders: Vec<bool> = (0..nodes)
+            .map(|i| m.cluster.local(i, doomed.as_bytes()).is_some())
+            .collect();
+        panic!(
+            "SET {doomed} (replicas: nodes 0, 2, 3) with nodes 1, 2 and 3 paused should fail for want of a \
+             quorum; got {r:?} after {took:?}; copies now on nodes {holders:?}\n{}",
+            common::info(&mut raw0, "cluster")
+        );
+    }
 
     // -- Read repair: node 3 is killed while keys it replicates are written through node 0
     // (a replica of them too, so that it coordinates them itself), then restarted; reads
