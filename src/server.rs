@@ -15,7 +15,12 @@ use crate::cluster::health::Health;
 use crate::cluster::messages;
 use crate::cluster::{MemberInfo, Membership, discovery};
 use crate::config::Config;
-use crate::coordinator::{ClusterLink, Coordinator, Quorum};
+use crate::coordinator::{ClusterLink, Coordinator, PeerLimits, Quorum};
+
+/// Most internode requests in flight from this node to any one peer.
+const PEER_IN_FLIGHT: usize = 2048;
+/// Most quorum rounds one node runs at once; more wait their turn before their deadline starts.
+const QUORUM_ROUNDS: usize = 256;
 use crate::error::StoreError;
 use crate::internode::PeerHandler;
 use crate::node::Node;
@@ -123,6 +128,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
             },
             timeout: Duration::from_millis(config.request_timeout_ms),
             health: Arc::new(Health::new(Duration::from_millis(config.failure_timeout_ms))),
+            in_flight: PeerLimits::new(PEER_IN_FLIGHT),
+            ops: Arc::new(tokio::sync::Semaphore::new(QUORUM_ROUNDS)),
         });
         peers = Some((peer_listener, rpc_config, identity, membership, pool));
     }

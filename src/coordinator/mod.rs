@@ -150,6 +150,39 @@ pub struct ClusterLink {
     pub timeout: Duration,
     /// Which peers answer, as this node sees them.
     pub health: Arc<Health>,
+    /// Requests in flight per peer, bounded.
+    pub in_flight: PeerLimits,
+    /// Quorum rounds this node runs at once (reads and write replications), each held
+    /// until every replica answered or the deadline passed.
+    pub ops: Arc<tokio::sync::Semaphore>,
+}
+
+/// A bound on the requests in flight to each peer.
+#[derive(Debug)]
+pub struct PeerLimits {
+    limit: usize,
+    peers: std::sync::Mutex<ahash::AHashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl PeerLimits {
+    /// At most `limit` requests in flight to any one peer.
+    pub fn new(limit: usize) -> PeerLimits {
+        PeerLimits {
+            limit,
+            peers: std::sync::Mutex::new(ahash::AHashMap::new()),
+        }
+    }
+
+    /// A slot for one request to `peer`, or `None` when all are taken.
+    pub fn try_acquire(&self, peer: NodeId) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut m = self.peers.lock().ok()?;
+            m.entry(peer)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.limit)))
+                .clone()
+        };
+        sem.try_acquire_owned().ok()
+    }
 }
 
 /// Where a key's command runs.
@@ -263,6 +296,14 @@ impl Coordinator {
         }
     }
 
+    /// Waits for one of the node's quorum slots. Quorum rounds beyond the limit wait here,
+    /// before their deadline starts, so that under overload requests queue at the edge
+    /// (clients see latency) instead of inside peers, where they would miss deadlines.
+    async fn op_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let c = self.cluster.as_ref()?;
+        c.ops.clone().acquire_owned().await.ok()
+    }
+
     /// Sends one request to a peer and decodes its response; the outcome feeds the
     /// failure detector.
     pub async fn call(&self, member: &MemberInfo, req: &Request) -> Result<Response, String> {
@@ -275,7 +316,20 @@ impl Coordinator {
             Request::Scan { .. } | Request::Count { .. } | Request::Flush => c.timeout * 10,
             _ => c.timeout,
         };
+        // Replication to a slow replica is bounded: past the limit a copy fails at once
+        // instead of queueing behind thousands of others (the replica then misses writes
+        // that read repair restores, rather than the backlog holding memory and delaying
+        // every read and ping behind it). Other requests are never refused here.
+        let permit = match req {
+            Request::Put { .. } => Some(
+                c.in_flight
+                    .try_acquire(member.id)
+                    .ok_or("peer overloaded: too many copies in flight")?,
+            ),
+            _ => None,
+        };
         let result = c.pool.call(addr, messages::encode(req), timeout).await;
+        drop(permit);
         match &result {
             Ok(_) => c.health.success(member.id, std::time::Instant::now()),
             Err(_) => c.health.failure(member.id, std::time::Instant::now()),
@@ -361,6 +415,7 @@ impl Coordinator {
     async fn quorum_read(&self, key: Bytes, placed: Placed) -> Result<Option<SiblingSet>, CoordError> {
         let q = self.quorum();
         let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);
+        let slot = self.op_slot().await;
         let deadline = deadline_in(timeout);
         let me = self.clone();
         let k = key.clone();
@@ -382,6 +437,7 @@ impl Coordinator {
         let me = self.clone();
         tokio::spawn(async move {
             let rest = fan.rest(deadline).await;
+            drop(slot);
             let mut answers = got.ok;
             answers.extend(rest.ok);
             me.repair(key, answers, &placed).await;
@@ -547,6 +603,7 @@ impl Coordinator {
             ::metrics::counter!(m::SLOPPY_WRITES).increment(1);
         }
         let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);
+        let slot = self.op_slot().await;
         let me = self.clone();
         let set = Arc::new(set);
         let shared = Arc::new(placed.clone());
@@ -559,8 +616,15 @@ impl Coordinator {
         });
         let mut got = Gathered::default();
         let started = std::time::Instant::now();
-        let met = fan.gather(need, deadline_in(timeout), &mut got).await;
+        let deadline = deadline_in(timeout);
+        let met = fan.gather(need, deadline, &mut got).await;
         record_quorum("write", met, placed, started);
+        // The slot stays taken until the last copy is acknowledged or timed out, so the
+        // copies behind W never pile up without bound at a slow replica.
+        tokio::spawn(async move {
+            let _ = fan.rest(deadline).await;
+            drop(slot);
+        });
         if met {
             Ok(())
         } else {
