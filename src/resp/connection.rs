@@ -52,7 +52,8 @@ enum Reply_ {
 /// A queued reply with what the metrics need: the command's name and arrival time.
 struct Slot {
     reply: Reply_,
-    cmd: &'static str,
+    /// Position in the command table (`COMMANDS.len()` for an unknown command).
+    cmd: usize,
     started: Instant,
 }
 
@@ -73,8 +74,9 @@ impl Conn {
                 Reply_::Ready(r) => r,
                 Reply_::Waiting(p) => p.await.unwrap_or_else(cmd::util::coord_error),
             };
-            ::metrics::counter!(m::COMMANDS, "cmd" => slot.cmd).increment(1);
-            ::metrics::histogram!(m::COMMAND_SECONDS, "cmd" => slot.cmd).record(slot.started.elapsed().as_secs_f64());
+            let (count, latency) = command_metrics(slot.cmd);
+            count.increment(1);
+            latency.record(slot.started.elapsed().as_secs_f64());
             self.encode(&reply, proto);
             if self.wbuf.len() > self.node.config.max_output_buffer {
                 return Err(std::io::Error::other("output buffer limit reached; connection closed"));
@@ -98,7 +100,7 @@ impl Conn {
         if !self.wbuf.is_empty() {
             self.socket.write_all(&self.wbuf).await?;
             Stats::add(&self.node.stats.net_output_bytes, self.wbuf.len() as u64);
-            ::metrics::counter!(m::NET_OUT).increment(self.wbuf.len() as u64);
+            net_metrics().1.increment(self.wbuf.len() as u64);
             self.wbuf.clear();
             if self.wbuf.capacity() > 4 * FLUSH_AT {
                 self.wbuf = BytesMut::with_capacity(FLUSH_AT);
@@ -106,6 +108,32 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Per-command metric handles, registered once: looking a labelled metric up in the
+/// registry on every command costs more than the command itself at high rates.
+fn command_metrics(index: usize) -> &'static (::metrics::Counter, ::metrics::Histogram) {
+    static HANDLES: std::sync::OnceLock<Vec<(::metrics::Counter, ::metrics::Histogram)>> = std::sync::OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        cmd::COMMANDS
+            .iter()
+            .map(|s| s.name)
+            .chain(std::iter::once("unknown"))
+            .map(|name| {
+                (
+                    ::metrics::counter!(m::COMMANDS, "cmd" => name),
+                    ::metrics::histogram!(m::COMMAND_SECONDS, "cmd" => name),
+                )
+            })
+            .collect()
+    });
+    &handles[index.min(handles.len() - 1)]
+}
+
+/// Bytes in and out, registered once.
+fn net_metrics() -> &'static (::metrics::Counter, ::metrics::Counter) {
+    static HANDLES: std::sync::OnceLock<(::metrics::Counter, ::metrics::Counter)> = std::sync::OnceLock::new();
+    HANDLES.get_or_init(|| (::metrics::counter!(m::NET_IN), ::metrics::counter!(m::NET_OUT)))
 }
 
 /// The metric label of an error reply: its code, from a fixed set (no unbounded labels).
@@ -180,8 +208,9 @@ async fn run(
             };
             Stats::add(&conn.node.stats.commands_processed, 1);
             let started = Instant::now();
-            let spec = cmd::lookup(&args[0]);
-            let cmd_name = spec.map_or("unknown", |s| s.name);
+            let index = cmd::lookup_index(&args[0]);
+            let spec = index.map(|i| &cmd::COMMANDS[i]);
+            let cmd_index = index.unwrap_or(cmd::COMMANDS.len());
             let class = class_of(spec);
             if class == Class::Other || class != conn.queued || conn.queue.len() >= MAX_IN_FLIGHT {
                 conn.drain(client.proto).await?;
@@ -205,7 +234,7 @@ async fn run(
                     Outcome::Now(r) => Reply_::Ready(r),
                     Outcome::Later(p) => Reply_::Waiting(p),
                 },
-                cmd: cmd_name,
+                cmd: cmd_index,
                 started,
             });
             if client.closing {
@@ -228,6 +257,6 @@ async fn run(
             return Ok(());
         }
         Stats::add(&conn.node.stats.net_input_bytes, n as u64);
-        ::metrics::counter!(m::NET_IN).increment(n as u64);
+        net_metrics().0.increment(n as u64);
     }
 }

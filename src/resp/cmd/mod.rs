@@ -154,7 +154,14 @@ pub static COMMANDS: &[Spec] = &[
 
 /// The spec of a command name, case-insensitively.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    COMMANDS.iter().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+    lookup_index(name).map(|i| &COMMANDS[i])
+}
+
+/// The position of a command in [`COMMANDS`], case-insensitively.
+pub fn lookup_index(name: &[u8]) -> Option<usize> {
+    COMMANDS
+        .iter()
+        .position(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Runs one request.

@@ -33,7 +33,10 @@ fn record_siblings(set: Option<&SiblingSet>, now: u64) {
     if let Some(s) = set {
         let n = s.live(now).count();
         if n > 0 {
-            ::metrics::histogram!(crate::metrics::SIBLINGS_PER_READ).record(n as f64);
+            static HANDLE: std::sync::OnceLock<::metrics::Histogram> = std::sync::OnceLock::new();
+            HANDLE
+                .get_or_init(|| ::metrics::histogram!(crate::metrics::SIBLINGS_PER_READ))
+                .record(n as f64);
         }
     }
 }
