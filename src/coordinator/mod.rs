@@ -633,15 +633,6 @@ impl Coordinator {
         }
     }
 
-    /// Submits and waits: the common case of one write.
-    pub async fn write<T, F>(&self, key: Bytes, blind: bool, decide: F) -> Result<T, CoordError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Option<&SiblingSet>, u64) -> (Decision, T) + Send + 'static,
-    {
-        self.submit(key, blind, decide).await?.await
-    }
-
     /// Up to about `count` records from scan position `cursor` over the whole cluster,
     /// and where to resume (0: done). Each partition is read from this node when it is
     /// one of its replicas, else from its first replica.
