@@ -44,14 +44,15 @@ fn class_of(spec: Option<&cmd::Spec>) -> Class {
     }
 }
 
-enum Reply_ {
+/// A reply that is ready, or one that follows a submitted write or read.
+enum Answer {
     Ready(Reply),
     Waiting(Pending<Reply>),
 }
 
 /// A queued reply with what the metrics need: the command's name and arrival time.
 struct Slot {
-    reply: Reply_,
+    reply: Answer,
     /// Position in the command table (`COMMANDS.len()` for an unknown command).
     cmd: usize,
     started: Instant,
@@ -71,8 +72,8 @@ impl Conn {
     async fn drain(&mut self, proto: u8) -> std::io::Result<()> {
         while let Some(slot) = self.queue.pop_front() {
             let reply = match slot.reply {
-                Reply_::Ready(r) => r,
-                Reply_::Waiting(p) => p.await.unwrap_or_else(cmd::util::coord_error),
+                Answer::Ready(r) => r,
+                Answer::Waiting(p) => p.await.unwrap_or_else(cmd::util::coord_error),
             };
             let (count, latency) = command_metrics(slot.cmd);
             count.increment(1);
@@ -231,8 +232,8 @@ async fn run(
             }
             conn.queue.push_back(Slot {
                 reply: match outcome {
-                    Outcome::Now(r) => Reply_::Ready(r),
-                    Outcome::Later(p) => Reply_::Waiting(p),
+                    Outcome::Now(r) => Answer::Ready(r),
+                    Outcome::Later(p) => Answer::Waiting(p),
                 },
                 cmd: cmd_index,
                 started,
