@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Cluster, ClusterSetup, PortMode, Raw, Resp, Server, Setup, eventually, free_port, info_u64, known_nodes,
-    local_copy, pipeline,
+    local_copy, pipeline, slot_layout,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -35,34 +35,6 @@ fn req(parts: &[&[u8]]) -> Vec<Vec<u8>> {
 
 fn ok(r: &Resp, what: &str) {
     assert_eq!(*r, Resp::Simple("OK".into()), "{what}");
-}
-
-/// CLUSTER SLOTS as, per slot, the client ports of its replicas (first = the master).
-fn slot_layout(raw: &mut Raw) -> Vec<Vec<u16>> {
-    let mut out = vec![Vec::new(); 16384];
-    let reply = raw.cmd(&[b"CLUSTER", b"SLOTS"]);
-    for entry in reply.items() {
-        let e = entry.items();
-        let (Resp::Int(a), Resp::Int(b)) = (&e[0], &e[1]) else {
-            panic!("CLUSTER SLOTS entry: {entry:?}");
-        };
-        let ports: Vec<u16> = e[2..]
-            .iter()
-            .map(|n| match &n.items()[1] {
-                Resp::Int(p) => *p as u16,
-                other => panic!("CLUSTER SLOTS port: {other:?}"),
-            })
-            .collect();
-        for slot in *a..=*b {
-            assert!(out[slot as usize].is_empty(), "slot {slot} listed twice");
-            out[slot as usize] = ports.clone();
-        }
-    }
-    assert!(
-        out.iter().all(|p| !p.is_empty()),
-        "CLUSTER SLOTS leaves slots uncovered"
-    );
-    out
 }
 
 fn keyslot(raw: &mut Raw, key: &[u8]) -> usize {

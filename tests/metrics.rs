@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, ClusterSetup, PortMode, Raw, Resp, Server, Setup, eventually, free_port, info_u64, pipeline,
+    Cluster, ClusterSetup, Raw, Resp, Server, Setup, eventually, free_port, info_u64, pipeline, slot_layout,
     write_temp_file,
 };
 
@@ -355,88 +355,16 @@ struct Metered {
 }
 
 impl Metered {
-    /// Like `Cluster::start_with`, plus a distinct free metrics port per node.
-    fn start(setup: ClusterSetup) -> Metered {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let mut taken: Vec<u16> = Vec::new();
-            let mut pick = || loop {
-                let p = free_port();
-                if !taken.contains(&p) && p != DEFAULT_METRICS_PORT {
-                    taken.push(p);
-                    return p;
-                }
-            };
-            let mut ports = Vec::new();
-            for _ in 0..setup.nodes {
-                ports.push((pick(), pick(), pick()));
-            }
-            let seeds = ports
-                .iter()
-                .map(|(p, c, _)| format!("127.0.0.1:{p}@{c}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut nodes = Vec::new();
-            let mut failed = None;
-            for &(port, cport, mport) in &ports {
-                let mut args: Vec<String> = [
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-port",
-                    &cport.to_string(),
-                    "--metrics-addr",
-                    &format!("127.0.0.1:{mport}"),
-                    "--seeds",
-                    &seeds,
-                    "--cluster-secret",
-                    &setup.secret,
-                    "--n",
-                    &setup.n.to_string(),
-                    "--r",
-                    &setup.r.to_string(),
-                    "--w",
-                    &setup.w.to_string(),
-                    "--request-timeout-ms",
-                    &setup.timeout_ms.to_string(),
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                args.extend(setup.args.iter().cloned());
-                match Server::try_start_with(Setup {
-                    args,
-                    data_dir: None,
-                    port: PortMode::Given(port),
-                    password: None,
-                }) {
-                    Ok(s) => nodes.push(s),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            match failed {
-                Some(e) if e.contains("in use") || e.contains("cannot listen") => {
-                    last = e;
-                    continue;
-                }
-                Some(e) => panic!("a cluster node did not start: {e}"),
-                None => {
-                    let cluster = Cluster {
-                        nodes,
-                        cluster_ports: ports.iter().map(|p| p.1).collect(),
-                        setup: setup.clone(),
-                    };
-                    cluster.wait_known(setup.nodes, common::JOIN_TIMEOUT);
-                    return Metered {
-                        cluster,
-                        metrics_ports: ports.iter().map(|p| p.2).collect(),
-                    };
-                }
-            }
-        }
-        panic!("no free ports for the cluster after 3 attempts: {last}");
+    /// `Cluster::start_with` with a distinct free metrics port per node.
+    fn start(mut setup: ClusterSetup) -> Metered {
+        setup.metrics = true;
+        let cluster = Cluster::start_with(setup);
+        let metrics_ports = cluster.metrics_ports.clone();
+        assert!(
+            !metrics_ports.contains(&DEFAULT_METRICS_PORT),
+            "a node got the default metrics port"
+        );
+        Metered { cluster, metrics_ports }
     }
 
     fn raw(&self, i: usize) -> Raw {
@@ -469,28 +397,6 @@ fn ok(r: &Resp, what: &str) {
 
 fn cluster_field(raw: &mut Raw, field: &str) -> u64 {
     info_u64(raw, "cluster", field)
-}
-
-/// CLUSTER SLOTS as, per slot, the client ports of its replicas.
-fn slot_layout(raw: &mut Raw) -> Vec<Vec<u16>> {
-    let mut out = vec![Vec::new(); 16384];
-    for entry in raw.cmd(&[b"CLUSTER", b"SLOTS"]).items() {
-        let e = entry.items();
-        let (Resp::Int(a), Resp::Int(b)) = (&e[0], &e[1]) else {
-            panic!("CLUSTER SLOTS entry: {entry:?}");
-        };
-        let ports: Vec<u16> = e[2..]
-            .iter()
-            .map(|n| match &n.items()[1] {
-                Resp::Int(p) => *p as u16,
-                other => panic!("CLUSTER SLOTS port: {other:?}"),
-            })
-            .collect();
-        for slot in *a..=*b {
-            out[slot as usize] = ports.clone();
-        }
-    }
-    out
 }
 
 fn keyslot(raw: &mut Raw, key: &[u8]) -> usize {

@@ -181,6 +181,11 @@ impl Server {
             if let PortMode::Pick = self.setup.port {
                 cmd.arg("--port").arg(self.port.to_string());
             }
+            // Test nodes serve metrics only when a test asks: parallel nodes must not all
+            // try the default metrics port.
+            if !self.setup.args.iter().any(|a| a == "--metrics-addr") {
+                cmd.args(["--metrics-addr", "off"]);
+            }
             cmd.args(&self.setup.args)
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
@@ -647,6 +652,8 @@ pub struct ClusterSetup {
     pub secret: String,
     /// Extra flags for every node.
     pub args: Vec<String>,
+    /// Give every node its own `--metrics-addr` port (see [`Cluster::metrics_ports`]).
+    pub metrics: bool,
 }
 
 impl ClusterSetup {
@@ -660,6 +667,7 @@ impl ClusterSetup {
             timeout_ms: 1000,
             secret: format!("test-secret-{}", std::process::id()),
             args: Vec::new(),
+            metrics: false,
         }
     }
 
@@ -701,6 +709,8 @@ pub struct Cluster {
     pub nodes: Vec<Server>,
     /// Each node's internode port (same order).
     pub cluster_ports: Vec<u16>,
+    /// Each node's metrics port (same order; empty unless `ClusterSetup::metrics`).
+    pub metrics_ports: Vec<u16>,
     /// How the cluster was started.
     pub setup: ClusterSetup,
 }
@@ -718,6 +728,11 @@ impl Cluster {
         for _ in 0..3 {
             let mut taken = Vec::new();
             let ports: Vec<(u16, u16)> = (0..setup.nodes).map(|_| free_port_pair(&mut taken)).collect();
+            let metrics_ports: Vec<u16> = if setup.metrics {
+                (0..setup.nodes).map(|_| free_port_pair(&mut taken).0).collect()
+            } else {
+                Vec::new()
+            };
             let seeds = ports
                 .iter()
                 .map(|(p, c)| format!("127.0.0.1:{p}@{c}"))
@@ -725,7 +740,7 @@ impl Cluster {
                 .join(",");
             let mut nodes = Vec::new();
             let mut failed = None;
-            for &(port, cport) in &ports {
+            for (i, &(port, cport)) in ports.iter().enumerate() {
                 let mut args: Vec<String> = vec![
                     "--port".into(),
                     port.to_string(),
@@ -744,6 +759,9 @@ impl Cluster {
                     "--request-timeout-ms".into(),
                     setup.timeout_ms.to_string(),
                 ];
+                if let Some(m) = metrics_ports.get(i) {
+                    args.extend(["--metrics-addr".into(), format!("127.0.0.1:{m}")]);
+                }
                 args.extend(setup.args.iter().cloned());
                 match Server::try_start_with(Setup {
                     args,
@@ -768,6 +786,7 @@ impl Cluster {
                     let c = Cluster {
                         nodes,
                         cluster_ports: ports.iter().map(|p| p.1).collect(),
+                        metrics_ports,
                         setup: setup.clone(),
                     };
                     c.wait_known(setup.nodes, JOIN_TIMEOUT);
@@ -874,4 +893,28 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// CLUSTER SLOTS as, per slot, the client ports of its replicas (first = the master).
+pub fn slot_layout(raw: &mut Raw) -> Vec<Vec<u16>> {
+    let mut out = vec![Vec::new(); 16384];
+    let reply = raw.cmd(&[b"CLUSTER", b"SLOTS"]);
+    for entry in reply.items() {
+        let e = entry.items();
+        let (Resp::Int(a), Resp::Int(b)) = (&e[0], &e[1]) else {
+            panic!("CLUSTER SLOTS entry: {entry:?}");
+        };
+        let ports: Vec<u16> = e[2..]
+            .iter()
+            .map(|n| match &n.items()[1] {
+                Resp::Int(p) => *p as u16,
+                other => panic!("CLUSTER SLOTS port: {other:?}"),
+            })
+            .collect();
+        for slot in *a..=*b {
+            assert!(out[slot as usize].is_empty(), "slot {slot} listed twice");
+            out[slot as usize] = ports.clone();
+        }
+    }
+    out
 }
