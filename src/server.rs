@@ -52,13 +52,9 @@ pub enum ServerError {
 /// LMDB sizes, hints pending per peer, peers up and down.
 async fn publish_gauges(node: Arc<Node>, shutdown: Shutdown) {
     use crate::metrics as m;
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = shutdown.ticker(Duration::from_secs(2));
     let mut peers_with_hints: Vec<u64> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
-        }
+    while tick.next().await {
         ::metrics::gauge!(m::CLIENTS).set(node.client_count() as f64);
         let store = node.coord.store();
         if let Ok(f) = store.figures() {

@@ -33,13 +33,8 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, bud
     let mut cursor = 0u64;
     // Counts over the current full pass of the store, published when the pass ends.
     let (mut dead, mut conflicted) = (0u64, 0u64);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
-        }
+    let mut tick = shutdown.ticker(interval);
+    while tick.next().await {
         let (next, items) = match coord.store().scan(cursor, 0, budget) {
             Ok(r) => r,
             Err(e) => {

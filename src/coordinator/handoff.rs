@@ -26,13 +26,8 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown) {
     let health = cluster.health.clone();
     let membership = cluster.membership.clone();
     let mut cursor: Vec<u8> = Vec::new();
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
-        }
+    let mut tick = shutdown.ticker(INTERVAL);
+    while tick.next().await {
         let (hints, next) = match coord.store().hints(&cursor, PER_ROUND) {
             Ok(r) => r,
             Err(e) => {

@@ -21,13 +21,8 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown) {
     };
     let me = coord.node_id();
     let membership = cluster.membership.clone();
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
-        }
+    let mut tick = shutdown.ticker(INTERVAL);
+    while tick.next().await {
         let view = membership.view();
         for m in view.members().iter().filter(|m| m.id != me) {
             let (coord, m) = (coord.clone(), m.clone());

@@ -60,7 +60,7 @@ pub async fn read_value(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Sibling>
 /// wait for their quorums at the same time.
 pub async fn get(ctx: &mut Ctx<'_>) -> Outcome {
     let key = ctx.args[1].clone();
-    if ctx.node.coord.replicas(&key).len() > 1 {
+    if ctx.node.coord.cluster().is_some() && ctx.node.coord.replicas(&key).len() > 1 {
         let node = ctx.node.clone();
         let task = tokio::spawn(async move {
             let set = node.coord.read(&key).await.map_err(coord_error)?;
