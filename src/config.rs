@@ -85,6 +85,13 @@ pub struct Config {
     pub failure_timeout_ms: u64,
     /// Where Prometheus scrapes `/metrics`; `None` when turned off.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Milliseconds between anti-entropy exchanges (each with the next peer in turn).
+    pub anti_entropy_interval_ms: u64,
+    /// Most bytes per second anti-entropy sends and receives (0: unlimited).
+    pub anti_entropy_bytes_per_sec: u64,
+    /// The node id to use for a fresh data directory (a replaced node taking over its
+    /// predecessor's place); `None` draws one.
+    pub node_id: Option<u64>,
 }
 
 impl Default for Config {
@@ -116,6 +123,9 @@ impl Default for Config {
             weight: 1.0,
             failure_timeout_ms: 2000,
             metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9379))),
+            anti_entropy_interval_ms: 1000,
+            anti_entropy_bytes_per_sec: 8 * 1024 * 1024,
+            node_id: None,
         }
     }
 }
@@ -179,6 +189,8 @@ pub struct FileConfig {
     weight: Option<f64>,
     failure_timeout_ms: Option<u64>,
     metrics_addr: Option<String>,
+    anti_entropy_interval_ms: Option<u64>,
+    anti_entropy_bytes_per_sec: Option<u64>,
 }
 
 /// The flags of `dynkv server`; each overrides the config file.
@@ -244,9 +256,34 @@ pub struct ServerArgs {
     /// Address of the Prometheus `/metrics` endpoint (default 127.0.0.1:9379), or `off`.
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Seconds a tombstone or expired value is kept, at least, before it is reaped (once
+    /// every replica holds it; default 3600).
+    #[arg(long)]
+    pub tombstone_grace_secs: Option<u64>,
+    /// Milliseconds between anti-entropy exchanges (default 1000).
+    #[arg(long)]
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// Most bytes per second anti-entropy moves (default 8388608; 0 = unlimited).
+    #[arg(long)]
+    pub anti_entropy_bytes_per_sec: Option<u64>,
+    /// Node id (16 hex digits) for a fresh data directory: a replacement node takes the
+    /// place of the node it replaces. Refused if the data directory has another id.
+    #[arg(long, value_parser = parse_node_id)]
+    pub node_id: Option<u64>,
     /// Write logs as JSON lines instead of human-readable text.
     #[arg(long)]
     pub log_json: bool,
+}
+
+/// Reads a node id as printed in INFO and logs: 16 hex digits (an optional `0x` prefix);
+/// zero is not an id.
+pub fn parse_node_id(s: &str) -> Result<u64, String> {
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    match u64::from_str_radix(hex, 16) {
+        Ok(0) => Err("0 is not a node id".into()),
+        Ok(id) if !hex.is_empty() && hex.len() <= 16 => Ok(id),
+        _ => Err(format!("{s:?} is not a node id (16 hex digits)")),
+    }
 }
 
 impl Config {
@@ -294,7 +331,9 @@ impl Config {
             w,
             request_timeout_ms,
             weight,
-            failure_timeout_ms
+            failure_timeout_ms,
+            anti_entropy_interval_ms,
+            anti_entropy_bytes_per_sec
         );
         if f.cluster_port.is_some() {
             self.cluster_port = f.cluster_port;
@@ -326,8 +365,14 @@ impl Config {
             w,
             request_timeout_ms,
             weight,
-            failure_timeout_ms
+            failure_timeout_ms,
+            tombstone_grace_secs,
+            anti_entropy_interval_ms,
+            anti_entropy_bytes_per_sec
         );
+        if a.node_id.is_some() {
+            self.node_id = a.node_id;
+        }
         if a.cluster_port.is_some() {
             self.cluster_port = a.cluster_port;
         }
@@ -364,6 +409,9 @@ impl Config {
         }
         if self.initial_map_size < 1024 * 1024 {
             return bad("initial-map-size", "must be at least 1 MiB");
+        }
+        if self.anti_entropy_interval_ms == 0 {
+            return bad("anti-entropy-interval-ms", "must be positive");
         }
         if self.expire_sweep_keys == 0 || self.expire_sweep_interval_ms == 0 {
             return bad("expire-sweep", "keys and interval must be positive");

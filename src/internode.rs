@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 
 use crate::cluster::messages::{self, Request, Response};
+use crate::coordinator::antientropy;
 use crate::node::Node;
 use crate::resp::client::{Client, ClientInfo};
 use crate::resp::cmd::{self, Ctx, Outcome};
@@ -85,6 +86,15 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
             Ok(()) => Response::Ack,
             Err(e) => failed(e),
         },
+        req @ (Request::AeGroups { .. }
+        | Request::AeLeaves { .. }
+        | Request::AeKeys { .. }
+        | Request::AeFetch { .. }
+        | Request::AeMerge { .. }
+        | Request::ReapCheck { .. }
+        | Request::Reap { .. }) => antientropy::serve(coord.store(), &req, coord.view_fingerprint(), coord.ae_stats())
+            .await
+            .unwrap_or_else(|| Response::Error("not an anti-entropy request".into())),
     }
 }
 

@@ -52,6 +52,12 @@ pub const CLIENTS: &str = "dynkv_connected_clients";
 pub const NET_IN: &str = "dynkv_net_input_bytes_total";
 /// Bytes written to clients.
 pub const NET_OUT: &str = "dynkv_net_output_bytes_total";
+/// Anti-entropy exchanges, by outcome (ok, failed).
+pub const AE_EXCHANGES: &str = "dynkv_antientropy_exchanges_total";
+/// Local records changed by anti-entropy.
+pub const AE_KEYS_REPAIRED: &str = "dynkv_antientropy_keys_repaired_total";
+/// Anti-entropy bytes, by direction (sent, received).
+pub const AE_BYTES: &str = "dynkv_antientropy_bytes_total";
 
 /// Latency buckets: 10 µs to 10 s, about four per decade, so p50/p99/p99.9 of both
 /// sub-millisecond hits and fsync-bound writes can be read.
@@ -113,7 +119,10 @@ fn describe() {
         TOMBSTONES,
         "Dead records (tombstones and expired values) not yet reaped (last full sweep)."
     );
-    describe_counter!(TOMBSTONES_REAPED, "Dead records removed by the sweep.");
+    describe_counter!(
+        TOMBSTONES_REAPED,
+        "Dead records (tombstones, expired values) removed once every replica held them."
+    );
     describe_gauge!(LMDB_MAP_BYTES, Unit::Bytes, "LMDB map size.");
     describe_gauge!(LMDB_USED_BYTES, Unit::Bytes, "LMDB bytes in use.");
     describe_histogram!(COMMIT_BATCH, "Writes per group commit.");
@@ -125,6 +134,12 @@ fn describe() {
     describe_gauge!(CLIENTS, "Connected clients.");
     describe_counter!(NET_IN, Unit::Bytes, "Bytes read from clients.");
     describe_counter!(NET_OUT, Unit::Bytes, "Bytes written to clients.");
+    describe_counter!(AE_EXCHANGES, "Anti-entropy exchanges with a peer, by outcome.");
+    describe_counter!(
+        AE_KEYS_REPAIRED,
+        "Local records changed by versions fetched through anti-entropy."
+    );
+    describe_counter!(AE_BYTES, Unit::Bytes, "Anti-entropy message bytes, by direction.");
 }
 
 /// The error kind of an error reply's text: its first word (Redis's error code).

@@ -84,7 +84,7 @@ async fn publish_gauges(node: Arc<Node>, shutdown: Shutdown) {
 /// Runs a node until `shutdown` is triggered (by a signal, or the SHUTDOWN command).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
     let store = Store::open(&config.data_dir, config.fsync, config.initial_map_size)?;
-    let node_id = store.node_id()?;
+    let node_id = store.node_id(config.node_id)?;
     let addr = format!("{}:{}", config.bind, config.port);
     let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind {
         addr: addr.clone(),
@@ -130,7 +130,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         peers = Some((peer_listener, rpc_config, identity, membership, pool));
     }
     let coord = Coordinator::new(node_id, store.clone(), link);
-    // Single-node: a cluster of one keeps dead records only for the configured grace.
+    let ae = tokio::spawn(crate::coordinator::antientropy::run(
+        coord.clone(),
+        shutdown.clone(),
+        Duration::from_millis(config.anti_entropy_interval_ms),
+        crate::coordinator::antientropy::Throttle::new(config.anti_entropy_bytes_per_sec),
+    ));
     let sweep = tokio::spawn(crate::sweep::run(
         coord.clone(),
         shutdown.clone(),
@@ -185,6 +190,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     );
     listener::run(node.clone(), listener).await;
     let _ = sweep.await;
+    let _ = ae.await;
     let _ = gauges.await;
     for task in background {
         let _ = task.await;

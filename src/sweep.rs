@@ -1,15 +1,13 @@
 //! The expiry and tombstone sweep: a background loop that walks the store a bounded number
-//! of records per tick and removes records that have been dead (every sibling a tombstone
-//! or expired) for longer than the grace period. Must not decide liveness differently from
-//! reads: it uses the same `SiblingSet::is_dead`.
+//! of records per tick, counts dead and conflicted records, and hands records that have
+//! been dead (every sibling a tombstone or expired) for longer than the grace period to
+//! the reaper, which removes them once every replica holds them. Must not decide liveness
+//! differently from reads: it uses the same `SiblingSet::is_dead`.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::coordinator::Coordinator;
 use crate::shutdown::Shutdown;
-use crate::storage::Change;
 use crate::version::SiblingSet;
 
 /// When a dead set became dead: the newest tombstone write or expiry among its siblings.
@@ -59,40 +57,13 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, bud
         let due: Vec<_> = items
             .into_iter()
             .filter(|it| it.set.is_dead(now) && dead_since(&it.set).saturating_add(grace_ms) <= now)
-            .map(|it| it.key)
             .collect();
         if due.is_empty() {
             continue;
         }
-        let store = coord.store().clone();
-        let reaped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = reaped.clone();
-        // Re-checked inside the writer: a write that revived a key since the scan wins.
-        let res = store
-            .update_many(due, move |sets| {
-                let now = crate::clock::now_ms();
-                let changes = sets
-                    .iter()
-                    .map(|s| match s {
-                        Some(s) if s.is_dead(now) && dead_since(s).saturating_add(grace_ms) <= now => {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            Change::Remove
-                        }
-                        _ => Change::Keep,
-                    })
-                    .collect();
-                (changes, ())
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                store
-                    .stats()
-                    .reaped
-                    .fetch_add(reaped.load(Ordering::Relaxed), Ordering::Relaxed);
-                ::metrics::counter!(crate::metrics::TOMBSTONES_REAPED).increment(reaped.load(Ordering::Relaxed));
-            }
-            Err(e) => tracing::error!("expiry sweep removal failed: {e}"),
+        // Removed only where every replica agrees (and only if unchanged since the scan).
+        if let Err(e) = crate::coordinator::reap::reap(&coord, due).await {
+            tracing::error!("reaping dead records failed: {e}");
         }
     }
 }

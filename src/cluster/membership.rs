@@ -63,6 +63,18 @@ impl View {
             .map(|i| &self.members[i])
     }
 
+    /// A digest of who the members are and their weights: two nodes with the same
+    /// fingerprint place every partition alike. Background work that must agree on
+    /// placement (anti-entropy, reaping) runs only between nodes whose views match.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for m in &self.members {
+            h.update(&m.id.to_be_bytes());
+            h.update(&m.weight.to_bits().to_be_bytes());
+        }
+        h.digest()
+    }
+
     /// The placement of all partitions over these members.
     pub fn placement(&self) -> &Placement {
         &self.placement

@@ -61,6 +61,54 @@ pub enum Request {
     },
     /// Remove every key of this node.
     Flush,
+    /// Anti-entropy, descending from the top: the sender's hashes of some groups of
+    /// `size` consecutive partitions (group `i` holds partitions `i*size ..`), each the
+    /// XOR of its roots of the shared partitions in the group; the receiver answers with
+    /// the indices whose hash differs from its own ([`Response::Differ`]).
+    AeGroups {
+        /// The sender's membership fingerprint and N: the receiver refuses the exchange
+        /// when its own differ (the two would disagree on which partitions they share).
+        view: (u64, u8),
+        /// Bitmap of the partitions both nodes replicate (bit `p` = partition `p`).
+        partitions: Vec<u8>,
+        /// Partitions per group (a power of two; 1 compares partition roots).
+        size: u16,
+        /// (group index, hash) pairs.
+        groups: Vec<(u16, u128)>,
+    },
+    /// Anti-entropy: the receiver's non-zero tree leaves of these partitions.
+    AeLeaves {
+        /// The partitions.
+        partitions: Vec<u16>,
+    },
+    /// Anti-entropy: the receiver's records in these tree leaves, as (LMDB key, hash).
+    AeKeys {
+        /// (partition, leaf) pairs.
+        leaves: Vec<(u16, u8)>,
+    },
+    /// Anti-entropy: the receiver's records under these LMDB keys.
+    AeFetch {
+        /// LMDB keys, as [`Response::KeyHashes`] named them.
+        keys: Vec<Bytes>,
+    },
+    /// Anti-entropy: merge these (key, encoded sibling set) into the receiver's copies.
+    AeMerge {
+        /// The records.
+        items: Vec<(Bytes, Bytes)>,
+    },
+    /// Tombstone reaping, first step: for each key, the hash of the receiver's record and
+    /// whether the receiver holds a hint for it.
+    ReapCheck {
+        /// The sender's membership fingerprint and N (refused when they differ here).
+        view: (u64, u8),
+        /// User keys.
+        keys: Vec<Bytes>,
+    },
+    /// Tombstone reaping, second step: remove each key whose record still has this hash.
+    Reap {
+        /// (user key, record hash) pairs.
+        items: Vec<(Bytes, u128)>,
+    },
 }
 
 /// A reply to a [`Request`].
@@ -85,6 +133,17 @@ pub enum Response {
     },
     /// Live keys, and how many of them have an expiry.
     Count(u64, u64),
+    /// Anti-entropy: the indices of the groups whose hash differs.
+    Differ(Vec<u16>),
+    /// Anti-entropy: non-zero leaves as (partition, leaf, hash).
+    Leaves(Vec<(u16, u8, u128)>),
+    /// Anti-entropy: records as (LMDB key, hash).
+    KeyHashes(Vec<(Bytes, u128)>),
+    /// Anti-entropy: the records of a fetch, in request order, for a prefix of the keys
+    /// asked (the sender stops early to bound the message); `None` for a key it lacks.
+    Records(Vec<Option<(Bytes, Bytes)>>),
+    /// Reaping: per key, the receiver's record hash (if any) and whether it holds a hint.
+    ReapState(Vec<(Option<u128>, bool)>),
 }
 
 /// A message that could not be decoded.

@@ -13,9 +13,11 @@
 //! older or divergent set (read repair). A node without peers is a cluster of one and
 //! takes the same path with N = R = W = 1.
 
+pub mod antientropy;
 pub mod handoff;
 pub mod probe;
 pub mod quorum;
+pub mod reap;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -201,6 +203,7 @@ pub struct Coordinator {
     store: Store,
     cluster: Option<Arc<ClusterLink>>,
     stats: Arc<CoordStats>,
+    ae: Arc<antientropy::AeStats>,
 }
 
 impl Coordinator {
@@ -212,6 +215,7 @@ impl Coordinator {
             store,
             cluster: cluster.map(Arc::new),
             stats: Arc::new(CoordStats::default()),
+            ae: Arc::new(antientropy::AeStats::default()),
         }
     }
 
@@ -248,6 +252,16 @@ impl Coordinator {
                     w: c.configured.w.min(n),
                 }
             }
+        }
+    }
+
+    /// This node's membership fingerprint and N: nodes agree on placement when these are
+    /// equal (see [`crate::cluster::membership::View::fingerprint`]).
+    pub fn view_fingerprint(&self) -> (u64, u8) {
+        let n = self.quorum().n.min(usize::from(u8::MAX)) as u8;
+        match &self.cluster {
+            None => (0, n),
+            Some(c) => (c.membership.view().fingerprint(), n),
         }
     }
 
@@ -302,6 +316,25 @@ impl Coordinator {
     async fn op_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let c = self.cluster.as_ref()?;
         c.ops.clone().acquire_owned().await.ok()
+    }
+
+    /// The anti-entropy worker's counters.
+    pub fn ae_stats(&self) -> &antientropy::AeStats {
+        &self.ae
+    }
+
+    /// Sends one encoded request to a peer and returns the encoded response, waiting up
+    /// to `timeouts` request timeouts (background work that walks the store); the outcome
+    /// feeds the failure detector.
+    pub async fn call_bytes(&self, member: &MemberInfo, request: Bytes, timeouts: u32) -> Result<Bytes, String> {
+        let c = self.cluster.as_ref().ok_or("no cluster")?;
+        let addr = resolve(&member.cluster_addr).await.ok_or("unresolvable address")?;
+        let result = c.pool.call(addr, request, c.timeout * timeouts).await;
+        match &result {
+            Ok(_) => c.health.success(member.id, std::time::Instant::now()),
+            Err(_) => c.health.failure(member.id, std::time::Instant::now()),
+        }
+        result.map_err(|e| e.to_string())
     }
 
     /// Sends one request to a peer and decodes its response; the outcome feeds the

@@ -7,11 +7,12 @@
 
 mod keys;
 mod record;
+pub mod tree;
 mod writer;
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,12 +24,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Fsync;
 use crate::error::StoreError;
+use crate::ring::PARTITIONS;
 use crate::version::SiblingSet;
 
 pub use keys::INLINE_MAX;
 pub use writer::Change;
 
 use writer::WriteOp;
+
+/// Metadata key of the tree rebuild's progress: the tree format, then the first partition
+/// whose tree is not yet rebuilt (u32, big endian; `PARTITIONS` when done).
+const TREE_PROGRESS: &[u8] = b"tree-progress";
 
 /// Counters the store keeps for INFO and metrics.
 #[derive(Debug, Default)]
@@ -53,6 +59,11 @@ pub(crate) struct Inner {
     meta: Database<RawBytes, RawBytes>,
     /// Hints: which records this node holds for owners that were down (`lmdb key | owner`).
     hints: Database<RawBytes, RawBytes>,
+    /// Anti-entropy trees, one per partition (see [`tree`]).
+    trees: Database<RawBytes, RawBytes>,
+    /// Partitions below this one have a tree that matches their records; the rest wait
+    /// for the background rebuild ([`PARTITIONS`] when every tree is sound).
+    tree_ready_below: AtomicU32,
     /// Shared by read transactions, taken exclusively to resize the map (LMDB requires
     /// that no transaction be open in the process during a resize).
     gate: RwLock<()>,
@@ -117,12 +128,33 @@ impl Store {
         let data: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("data"))?;
         let meta: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("meta"))?;
         let hints: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("hints"))?;
+        let trees: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("trees"))?;
+        // Trees built by this release are sound; an empty store has sound (empty) trees;
+        // otherwise (a store from before trees, or of another tree format) a background
+        // rebuild resumes where it stopped.
+        let ready = match meta.get(&wtxn, TREE_PROGRESS)? {
+            Some([tree::TREE_FORMAT, below @ ..]) => below
+                .try_into()
+                .map(u32::from_be_bytes)
+                .unwrap_or(0)
+                .min(u32::from(PARTITIONS)),
+            _ if data.len(&wtxn)? == 0 => {
+                trees.clear(&mut wtxn)?;
+                let mut progress = vec![tree::TREE_FORMAT];
+                progress.extend_from_slice(&u32::from(PARTITIONS).to_be_bytes());
+                meta.put(&mut wtxn, TREE_PROGRESS, &progress)?;
+                u32::from(PARTITIONS)
+            }
+            _ => 0,
+        };
         wtxn.commit()?;
         let inner = Arc::new(Inner {
             env,
             data,
             meta,
             hints,
+            trees,
+            tree_ready_below: AtomicU32::new(ready),
             gate: RwLock::new(()),
             map_size: AtomicUsize::new(map_size),
             stats: StoreStats::default(),
@@ -170,23 +202,33 @@ impl Store {
         })
     }
 
-    /// This node's persistent id: read from the metadata database, or drawn at random and
-    /// stored durably the first time the data directory is used.
-    pub fn node_id(&self) -> Result<u64, StoreError> {
+    /// This node's persistent id: read from the metadata database, or, the first time the
+    /// data directory is used, `wanted` (a replacement taking over a node's place) or
+    /// drawn at random, and stored durably. A directory that already has another id than
+    /// `wanted` is refused.
+    pub fn node_id(&self, wanted: Option<u64>) -> Result<u64, StoreError> {
         const KEY: &[u8] = b"node-id";
         if let Some(v) = self.meta_get(KEY)? {
             let bytes: [u8; 8] = v
                 .as_slice()
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("node-id".into()))?;
-            return Ok(u64::from_be_bytes(bytes));
-        }
-        let id = loop {
-            let id: u64 = rand::random();
-            if id != 0 {
-                break id;
+            let id = u64::from_be_bytes(bytes);
+            if let Some(w) = wanted.filter(|w| *w != id) {
+                return Err(StoreError::Failed(format!(
+                    "the data directory belongs to node {id:016x}, not {w:016x}"
+                )));
             }
-        };
+            return Ok(id);
+        }
+        let id = wanted.unwrap_or_else(|| {
+            loop {
+                let id: u64 = rand::random();
+                if id != 0 {
+                    break id;
+                }
+            }
+        });
         self.meta_put(KEY, &id.to_be_bytes())?;
         Ok(id)
     }
@@ -369,6 +411,108 @@ impl Store {
         .await
     }
 
+    /// Whether every partition's anti-entropy tree matches its records (false while a
+    /// rebuild is under way).
+    pub fn trees_ready(&self) -> bool {
+        self.inner.tree_ready_below.load(Ordering::Acquire) >= u32::from(PARTITIONS)
+    }
+
+    /// Partitions whose tree still waits for the rebuild.
+    pub fn trees_pending(&self) -> u32 {
+        u32::from(PARTITIONS).saturating_sub(self.inner.tree_ready_below.load(Ordering::Acquire))
+    }
+
+    /// Rebuilds the tree of the next partition that needs it, in one write transaction
+    /// queued like any write (bounded work: one partition's records). Returns false once
+    /// every tree is sound.
+    pub async fn rebuild_tree_step(&self) -> Result<bool, StoreError> {
+        let below = self.inner.tree_ready_below.load(Ordering::Acquire);
+        if below >= u32::from(PARTITIONS) {
+            return Ok(false);
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(WriteOp::RebuildTree {
+                partition: below as u16,
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)??;
+        self.inner.tree_ready_below.store(below + 1, Ordering::Release);
+        if below + 1 == u32::from(PARTITIONS) {
+            tracing::info!("anti-entropy trees rebuilt");
+        }
+        Ok(true)
+    }
+
+    /// Every partition's non-zero tree root, in partition order.
+    pub fn tree_roots(&self) -> Result<Vec<(u16, u128)>, StoreError> {
+        self.read(|rtxn| Ok(tree::roots(&self.inner.trees, rtxn)?))
+    }
+
+    /// The non-zero tree leaves of these partitions: (partition, leaf, hash).
+    pub fn tree_leaves(&self, partitions: &[u16]) -> Result<Vec<(u16, u8, u128)>, StoreError> {
+        self.read(|rtxn| {
+            let mut out = Vec::new();
+            for &p in partitions {
+                out.extend(
+                    tree::leaves(&self.inner.trees, rtxn, p)?
+                        .into_iter()
+                        .map(|(l, h)| (p, l, h)),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// The records of these tree leaves: each LMDB key with its tree contribution.
+    pub fn leaf_records(&self, leaves: &[(u16, u8)]) -> Result<Vec<(Vec<u8>, u128)>, StoreError> {
+        self.read(|rtxn| {
+            let mut out = Vec::new();
+            for &(p, l) in leaves {
+                out.extend(tree::leaf_records(&self.inner.data, rtxn, p, l)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The records stored under these LMDB keys (as [`Store::leaf_records`] names them).
+    pub fn records_at(&self, lmdb_keys: &[Vec<u8>]) -> Result<Vec<Option<ScanItem>>, StoreError> {
+        self.read(|rtxn| {
+            let mut out = Vec::with_capacity(lmdb_keys.len());
+            for lk in lmdb_keys {
+                out.push(match self.inner.data.get(rtxn, lk)? {
+                    Some(bytes) => Some(item(lk, bytes)?),
+                    None => None,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// For each key: the tree contribution of its stored record (`None` when it has none),
+    /// and whether this node holds a hint for it (for any owner).
+    pub fn hashes_and_hints(&self, keys: &[Bytes]) -> Result<Vec<(Option<u128>, bool)>, StoreError> {
+        self.read(|rtxn| {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let lk = keys::encode(key);
+                let hash = self.inner.data.get(rtxn, &lk)?.map(|b| tree::record_hash(&lk, b));
+                let mut hinted = false;
+                for entry in self.inner.hints.prefix_iter(rtxn, &lk)? {
+                    let (hk, _) = entry?;
+                    if hk.len() == lk.len() + 8 {
+                        hinted = true;
+                        break;
+                    }
+                }
+                out.push((hash, hinted));
+            }
+            Ok(out)
+        })
+    }
+
     /// Removes every record, durably.
     pub async fn clear(&self) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
@@ -428,6 +572,14 @@ impl<T> Committed<T> {
     }
 }
 
+/// The tree contribution `set` would have if stored under `key` (what
+/// [`Store::hashes_and_hints`] reports for a record holding exactly `set`).
+pub fn record_hash_of(key: &[u8], set: &SiblingSet) -> u128 {
+    let lk = keys::encode(key);
+    let full = keys::needs_full_key(key).then_some(key);
+    tree::record_hash(&lk, &record::encode(full, set))
+}
+
 fn item(lkey: &[u8], bytes: &[u8]) -> Result<ScanItem, StoreError> {
     let (full, set) = record::decode(bytes)?;
     let key = match (keys::inline_key(lkey), full) {
@@ -437,3 +589,6 @@ fn item(lkey: &[u8], bytes: &[u8]) -> Result<ScanItem, StoreError> {
     };
     Ok(ScanItem { key, set })
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Inner, keys, record};
+use super::{Inner, keys, record, tree};
 use crate::error::StoreError;
 use crate::version::SiblingSet;
 
@@ -55,6 +55,12 @@ pub(crate) enum WriteOp {
     Clear {
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Recompute one partition's anti-entropy tree from its records and record the
+    /// rebuild's progress, in one transaction.
+    RebuildTree {
+        partition: u16,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
     Close {
         done: oneshot::Sender<()>,
     },
@@ -67,6 +73,7 @@ enum Logged {
     PutHint(Vec<u8>),
     DeleteHint(Vec<u8>),
     Clear,
+    RebuildTree(u16),
 }
 
 /// The writer on a thread of its own, for `fsync = always`: a commit waits for the disk,
@@ -153,7 +160,7 @@ fn apply_all(
     for op in batch.drain(..) {
         if close.is_some() {
             // Writes queued behind Close are refused, never half-applied.
-            if let WriteOp::Update { done, .. } | WriteOp::Clear { done } = op {
+            if let WriteOp::Update { done, .. } | WriteOp::Clear { done } | WriteOp::RebuildTree { done, .. } = op {
                 let _ = done.send(Err(StoreError::Closed));
             }
             continue;
@@ -164,6 +171,12 @@ fn apply_all(
                 acks.push(done);
                 let from = log.len();
                 log.push(Logged::Clear);
+                wtxn = replay_on_full(inner, wtxn, &log, from)?;
+            }
+            WriteOp::RebuildTree { partition, done } => {
+                acks.push(done);
+                let from = log.len();
+                log.push(Logged::RebuildTree(partition));
                 wtxn = replay_on_full(inner, wtxn, &log, from)?;
             }
             WriteOp::Update { keys: ks, apply, done } => {
@@ -293,14 +306,42 @@ fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<heed::RwTxn<'
     }
 }
 
+/// Applies one change; a record's change moves its anti-entropy tree in the same
+/// transaction (the old contribution is read from the transaction itself, so a replay
+/// after the map grew computes the same tree).
 fn apply_logged(inner: &Inner, wtxn: &mut heed::RwTxn<'_>, l: &Logged) -> Result<(), heed::Error> {
     match l {
-        Logged::Put(k, v) => inner.data.put(wtxn, k, v),
-        Logged::Delete(k) => inner.data.delete(wtxn, k).map(|_| ()),
+        Logged::Put(k, v) => {
+            let old = old_hash(inner, wtxn, k)?;
+            inner.data.put(wtxn, k, v)?;
+            tree::apply_delta(&inner.trees, wtxn, k, old ^ tree::record_hash(k, v))
+        }
+        Logged::Delete(k) => {
+            let old = old_hash(inner, wtxn, k)?;
+            if inner.data.delete(wtxn, k)? {
+                tree::apply_delta(&inner.trees, wtxn, k, old)?;
+            }
+            Ok(())
+        }
         Logged::PutHint(k) => inner.hints.put(wtxn, k, &[]),
         Logged::DeleteHint(k) => inner.hints.delete(wtxn, k).map(|_| ()),
-        Logged::Clear => inner.data.clear(wtxn).and_then(|_| inner.hints.clear(wtxn)),
+        Logged::Clear => {
+            inner.data.clear(wtxn)?;
+            inner.hints.clear(wtxn)?;
+            inner.trees.clear(wtxn)
+        }
+        Logged::RebuildTree(p) => {
+            tree::rebuild_partition(&inner.data, &inner.trees, wtxn, *p)?;
+            let mut progress = vec![tree::TREE_FORMAT];
+            progress.extend_from_slice(&(u32::from(*p) + 1).to_be_bytes());
+            inner.meta.put(wtxn, super::TREE_PROGRESS, &progress)
+        }
     }
+}
+
+/// The tree contribution of the record now under `k` (0 when there is none).
+fn old_hash(inner: &Inner, wtxn: &heed::RwTxn<'_>, k: &[u8]) -> Result<u128, heed::Error> {
+    Ok(inner.data.get(wtxn, k)?.map_or(0, |old| tree::record_hash(k, old)))
 }
 
 /// Doubles the map. Waits for every read transaction to end (LMDB requires that none be

@@ -343,6 +343,11 @@ impl Server {
         self.launch();
     }
 
+    /// Adds flags for every later start (a replacement node's `--node-id`, ...).
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.setup.args.extend(args.iter().map(|s| s.to_string()));
+    }
+
     /// Starts again on the same data directory (the process must have exited).
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "server still running");
@@ -892,6 +897,14 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `CLUSTER KEYSLOT key` through `raw`.
+pub fn keyslot(raw: &mut Raw, key: &[u8]) -> usize {
+    match raw.cmd(&[b"CLUSTER", b"KEYSLOT", key]) {
+        Resp::Int(n) => n as usize,
+        other => panic!("CLUSTER KEYSLOT: {other:?}"),
     }
 }
 

@@ -232,9 +232,22 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
         }
         let _ = write!(
             out,
-            "hints_delivered:{}\r\nsloppy_writes:{}\r\n\r\n",
+            "hints_delivered:{}\r\nsloppy_writes:{}\r\n",
             coord.stats().hints_delivered.load(Ordering::Relaxed),
             coord.stats().sloppy_writes.load(Ordering::Relaxed)
+        );
+        let ae = coord.ae_stats();
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "antientropy_exchanges:{}\r\nantientropy_failed:{}\r\nantientropy_keys_repaired:{}\r\nantientropy_keys_pushed:{}\r\nantientropy_bytes_sent:{}\r\nantientropy_trees_pending:{}\r\ntombstones_reaped:{}\r\n\r\n",
+            l(&ae.exchanges),
+            l(&ae.failed),
+            l(&ae.keys_repaired),
+            l(&ae.keys_pushed),
+            l(&ae.bytes_sent),
+            store.trees_pending(),
+            l(&store.stats().reaped)
         );
     }
     if want("replication") {

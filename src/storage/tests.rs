@@ -1,0 +1,208 @@
+//! Store tests that need LMDB itself: the anti-entropy trees against their records.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+use crate::version::{NewSibling, SiblingSet, VersionVector};
+
+fn set_of(node: u64, value: &[u8], tombstone: bool) -> SiblingSet {
+    let mut s = SiblingSet::new();
+    s.write(
+        &VersionVector::new(),
+        node,
+        1,
+        NewSibling {
+            value: Bytes::copy_from_slice(value),
+            written_at_ms: 1,
+            expires_at_ms: None,
+            tombstone,
+        },
+    );
+    s
+}
+
+/// Every tree entry as it should be, computed from the records alone.
+fn expected_trees(store: &Store) -> BTreeMap<Vec<u8>, u128> {
+    let inner = &store.inner;
+    let rtxn = inner.env.read_txn().expect("rtxn");
+    let mut out: BTreeMap<Vec<u8>, u128> = BTreeMap::new();
+    for entry in inner.data.iter(&rtxn).expect("iter") {
+        let (k, v) = entry.expect("entry");
+        let (p, leaf) = tree::leaf_of(k).expect("record key");
+        let h = tree::record_hash(k, v);
+        let pb = p.to_be_bytes();
+        *out.entry(vec![1, pb[0], pb[1], leaf]).or_default() ^= h;
+        *out.entry(vec![0, pb[0], pb[1]]).or_default() ^= h;
+    }
+    out.retain(|_, h| *h != 0);
+    out
+}
+
+fn stored_trees(store: &Store) -> BTreeMap<Vec<u8>, u128> {
+    let inner = &store.inner;
+    let rtxn = inner.env.read_txn().expect("rtxn");
+    inner
+        .trees
+        .iter(&rtxn)
+        .expect("iter")
+        .map(|e| {
+            let (k, v) = e.expect("entry");
+            (k.to_vec(), u128::from_be_bytes(v.try_into().expect("16 bytes")))
+        })
+        .collect()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u8),
+    Tomb(u8),
+    Remove(u8),
+    Merge(u8, u8),
+}
+
+fn key(k: u8) -> Bytes {
+    // A few long keys so digest-keyed records are covered too.
+    if k % 16 == 0 {
+        Bytes::from(vec![k; 600])
+    } else {
+        Bytes::from(format!("key:{k}"))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever sequence of writes, merges and removes, the stored trees equal the trees
+    /// computed from the records, through map growth and replays.
+    #[test]
+    fn incremental_trees_match_the_records(ops in proptest::collection::vec(
+        prop_oneof![
+            (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            any::<u8>().prop_map(Op::Tomb),
+            any::<u8>().prop_map(Op::Remove),
+            (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::Merge(k, v)),
+        ],
+        1..300,
+    )) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let store = Store::open(dir.path(), Fsync::No, 64 * 1024).expect("open");
+            for (i, op) in ops.iter().enumerate() {
+                let node = i as u64 + 1;
+                let res = match op.clone() {
+                    Op::Put(k, v) => store.update(key(k), move |_| (Change::Put(set_of(node, &[v], false)), ())).await,
+                    Op::Tomb(k) => store.update(key(k), move |_| (Change::Put(set_of(node, b"", true)), ())).await,
+                    Op::Remove(k) => store.update(key(k), |_| (Change::Remove, ())).await,
+                    Op::Merge(k, v) => store.update(key(k), move |cur| {
+                        let mut s = cur.unwrap_or_default();
+                        s.merge(&set_of(node, &vec![v; 3000], false));
+                        (Change::Put(s), ())
+                    }).await,
+                };
+                res.expect("write");
+            }
+            prop_assert_eq!(stored_trees(&store), expected_trees(&store));
+            store.close().await.expect("close");
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn a_store_without_trees_rebuilds_them_in_the_background() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        assert!(store.trees_ready(), "an empty store starts with sound trees");
+        for k in 0..200u8 {
+            store
+                .update(key(k), move |_| (Change::Put(set_of(7, &[k], false)), ()))
+                .await
+                .expect("write");
+        }
+        let want = expected_trees(&store);
+        assert!(!want.is_empty());
+        assert_eq!(stored_trees(&store), want);
+        // Make it look like a store from before trees: none stored, no progress.
+        {
+            let mut wtxn = store.inner.env.write_txn().expect("wtxn");
+            store.inner.trees.clear(&mut wtxn).expect("clear");
+            store.inner.meta.delete(&mut wtxn, TREE_PROGRESS).expect("delete");
+            wtxn.commit().expect("commit");
+        }
+        store.close().await.expect("close");
+        drop(store);
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        assert!(!store.trees_ready());
+        assert_eq!(store.trees_pending(), u32::from(PARTITIONS));
+        // Stop half-way, reopen: the rebuild resumes, it does not start over.
+        for _ in 0..8000 {
+            assert!(store.rebuild_tree_step().await.expect("step"));
+        }
+        // Writes during the rebuild keep the rebuilt part right.
+        store
+            .update(key(1), |_| (Change::Put(set_of(9, b"new", false)), ()))
+            .await
+            .expect("write");
+        store.close().await.expect("close");
+        drop(store);
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        assert_eq!(store.trees_pending(), u32::from(PARTITIONS) - 8000);
+        while store.rebuild_tree_step().await.expect("step") {}
+        assert!(store.trees_ready());
+        assert_eq!(stored_trees(&store), expected_trees(&store));
+        store.close().await.expect("close");
+        drop(store);
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        assert!(store.trees_ready(), "a finished rebuild is remembered");
+        store.close().await.expect("close");
+    });
+}
+
+#[test]
+fn leaf_listing_and_hashes_agree_with_the_trees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        for k in 0..100u8 {
+            store
+                .update(key(k), move |_| (Change::Put(set_of(3, &[k], false)), ()))
+                .await
+                .expect("write");
+        }
+        let roots = store.tree_roots().expect("roots");
+        let partitions: Vec<u16> = roots.iter().map(|(p, _)| *p).collect();
+        let leaves = store.tree_leaves(&partitions).expect("leaves");
+        for (p, root) in &roots {
+            let x = leaves
+                .iter()
+                .filter(|(q, _, _)| q == p)
+                .fold(0u128, |a, (_, _, h)| a ^ h);
+            assert_eq!(x, *root, "leaves of partition {p} add up to its root");
+        }
+        let wanted: Vec<(u16, u8)> = leaves.iter().map(|(p, l, _)| (*p, *l)).collect();
+        let records = store.leaf_records(&wanted).expect("records");
+        assert_eq!(records.len(), 100);
+        let lkeys: Vec<Vec<u8>> = records.iter().map(|(k, _)| k.clone()).collect();
+        let items = store.records_at(&lkeys).expect("records_at");
+        let keys: Vec<Bytes> = items.iter().map(|i| i.as_ref().expect("present").key.clone()).collect();
+        let hh = store.hashes_and_hints(&keys).expect("hashes");
+        for ((item, (_, h)), (stored, hinted)) in items.iter().zip(&records).zip(&hh) {
+            let item = item.as_ref().expect("present");
+            assert_eq!(Some(*h), *stored);
+            assert_eq!(record_hash_of(&item.key, &item.set), *h);
+            assert!(!hinted);
+        }
+        store.close().await.expect("close");
+    });
+}

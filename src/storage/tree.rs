@@ -1,0 +1,158 @@
+//! Merkle trees for anti-entropy, one per partition, kept in the `trees` database and
+//! changed in the same write transaction as the records they summarize, so a crash can
+//! never leave a tree that disagrees with the data. Must not know about peers.
+//!
+//! Every record contributes `h = xxh3-128(key length | LMDB key | record bytes)`. A tree
+//! node's hash is the XOR of the contributions below it, so a write changes its leaf and
+//! its partition's root by the same delta, `h(old) ^ h(new)`, whatever else the partition
+//! holds: an update costs two small reads and writes, never a rescan. Record bytes are
+//! canonical (sibling sets encode sorted), so replicas holding the same versions agree.
+//!
+//! A partition has 256 leaves, chosen by the top byte of the key hash (the byte after the
+//! partition prefix in the LMDB key), so each leaf is one contiguous key range whose
+//! records a range scan lists. Layout: `[0, partition] -> root`, `[1, partition, leaf] ->
+//! leaf hash`, 16 bytes big endian; zero hashes are not stored (an empty partition and a
+//! partition whose records cancel out are both absent).
+
+use std::ops::Bound;
+
+use heed::types::Bytes as RawBytes;
+use heed::{Database, RoTxn, RwTxn, WithoutTls};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Version of the tree layout and record hash; a store built with another is rebuilt.
+pub const TREE_FORMAT: u8 = 1;
+/// Leaves per partition.
+pub const LEAVES: usize = 256;
+
+const ROOT: u8 = 0;
+const LEAF: u8 = 1;
+
+type Db = Database<RawBytes, RawBytes>;
+
+/// The contribution of one record (its LMDB key and stored bytes) to its tree.
+pub fn record_hash(lmdb_key: &[u8], record: &[u8]) -> u128 {
+    let mut h = Xxh3::new();
+    h.update(&(lmdb_key.len() as u32).to_be_bytes());
+    h.update(lmdb_key);
+    h.update(record);
+    h.digest128()
+}
+
+/// The partition and leaf of an LMDB record key (`None` for a key too short to be one).
+pub fn leaf_of(lmdb_key: &[u8]) -> Option<(u16, u8)> {
+    match lmdb_key {
+        [a, b, leaf, ..] => Some((u16::from_be_bytes([*a, *b]), *leaf)),
+        _ => None,
+    }
+}
+
+fn root_key(partition: u16) -> [u8; 3] {
+    let p = partition.to_be_bytes();
+    [ROOT, p[0], p[1]]
+}
+
+fn leaf_key(partition: u16, leaf: u8) -> [u8; 4] {
+    let p = partition.to_be_bytes();
+    [LEAF, p[0], p[1], leaf]
+}
+
+fn decode_hash(bytes: &[u8]) -> u128 {
+    bytes.try_into().map(u128::from_be_bytes).unwrap_or(0)
+}
+
+fn xor_entry(trees: &Db, wtxn: &mut RwTxn<'_>, key: &[u8], delta: u128) -> Result<(), heed::Error> {
+    let cur = trees.get(wtxn, key)?.map(decode_hash).unwrap_or(0);
+    let new = cur ^ delta;
+    if new == 0 {
+        trees.delete(wtxn, key)?;
+    } else {
+        trees.put(wtxn, key, &new.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Applies `delta` (old contribution XOR new) of the record under `lmdb_key` to its leaf
+/// and root, inside the transaction that changes the record.
+pub fn apply_delta(trees: &Db, wtxn: &mut RwTxn<'_>, lmdb_key: &[u8], delta: u128) -> Result<(), heed::Error> {
+    let Some((partition, leaf)) = leaf_of(lmdb_key) else {
+        return Ok(());
+    };
+    if delta == 0 {
+        return Ok(());
+    }
+    xor_entry(trees, wtxn, &leaf_key(partition, leaf), delta)?;
+    xor_entry(trees, wtxn, &root_key(partition), delta)
+}
+
+/// Recomputes one partition's tree from its records (a rebuild step; bounded by the
+/// partition's size).
+pub fn rebuild_partition(data: &Db, trees: &Db, wtxn: &mut RwTxn<'_>, partition: u16) -> Result<(), heed::Error> {
+    let mut leaves = vec![0u128; LEAVES];
+    {
+        for entry in data.prefix_iter(wtxn, &partition.to_be_bytes())? {
+            let (k, v) = entry?;
+            if let Some((_, leaf)) = leaf_of(k) {
+                leaves[leaf as usize] ^= record_hash(k, v);
+            }
+        }
+    }
+    let root = leaves.iter().fold(0u128, |a, b| a ^ b);
+    let first = leaf_key(partition, 0);
+    let last = leaf_key(partition, u8::MAX);
+    trees.delete_range(
+        wtxn,
+        &(Bound::Included(first.as_slice()), Bound::Included(last.as_slice())),
+    )?;
+    trees.delete(wtxn, &root_key(partition))?;
+    for (i, h) in leaves.iter().enumerate() {
+        if *h != 0 {
+            trees.put(wtxn, &leaf_key(partition, i as u8), &h.to_be_bytes())?;
+        }
+    }
+    if root != 0 {
+        trees.put(wtxn, &root_key(partition), &root.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Every non-zero partition root, in partition order.
+pub fn roots(trees: &Db, rtxn: &RoTxn<'_, WithoutTls>) -> Result<Vec<(u16, u128)>, heed::Error> {
+    let mut out = Vec::new();
+    for entry in trees.prefix_iter(rtxn, &[ROOT])? {
+        let (k, v) = entry?;
+        if let [ROOT, a, b] = k {
+            out.push((u16::from_be_bytes([*a, *b]), decode_hash(v)));
+        }
+    }
+    Ok(out)
+}
+
+/// The non-zero leaves of one partition, in leaf order.
+pub fn leaves(trees: &Db, rtxn: &RoTxn<'_, WithoutTls>, partition: u16) -> Result<Vec<(u8, u128)>, heed::Error> {
+    let p = partition.to_be_bytes();
+    let mut out = Vec::new();
+    for entry in trees.prefix_iter(rtxn, &[LEAF, p[0], p[1]])? {
+        let (k, v) = entry?;
+        if let [LEAF, _, _, leaf] = k {
+            out.push((*leaf, decode_hash(v)));
+        }
+    }
+    Ok(out)
+}
+
+/// The records of one leaf: each LMDB key with its contribution, in key order.
+pub fn leaf_records(
+    data: &Db,
+    rtxn: &RoTxn<'_, WithoutTls>,
+    partition: u16,
+    leaf: u8,
+) -> Result<Vec<(Vec<u8>, u128)>, heed::Error> {
+    let p = partition.to_be_bytes();
+    let mut out = Vec::new();
+    for entry in data.prefix_iter(rtxn, &[p[0], p[1], leaf])? {
+        let (k, v) = entry?;
+        out.push((k.to_vec(), record_hash(k, v)));
+    }
+    Ok(out)
+}
