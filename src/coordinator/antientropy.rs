@@ -35,8 +35,9 @@ const LEAVES_PER_STEP: usize = 256;
 const RECORDS_PER_STEP: usize = 256;
 /// A fetch answer or a merge message stops growing past this many bytes of records.
 const MAX_MESSAGE_BYTES: usize = 4 << 20;
-/// Tree rebuild steps between pauses (each step is one write transaction).
-const REBUILD_STEPS_PER_PAUSE: u32 = 8;
+/// Pause after each tree rebuild step (one bounded write transaction), so that client
+/// writes queued meanwhile go first.
+const REBUILD_PAUSE: Duration = Duration::from_millis(5);
 
 /// Why an exchange stopped.
 #[derive(Debug, Error)]
@@ -553,15 +554,9 @@ pub fn shared_partitions(coord: &Coordinator, peer: u64) -> Vec<u16> {
 /// in turn that the failure detector calls up, until shutdown.
 pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, throttle: Throttle) {
     let store = coord.store().clone();
-    let mut steps = 0u32;
     while !shutdown.is_triggered() {
         match store.rebuild_tree_step().await {
-            Ok(true) => {
-                steps += 1;
-                if steps % REBUILD_STEPS_PER_PAUSE == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+            Ok(true) => tokio::time::sleep(REBUILD_PAUSE).await,
             Ok(false) => break,
             Err(e) => {
                 tracing::error!("anti-entropy tree rebuild failed: {e}");

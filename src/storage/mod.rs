@@ -35,6 +35,10 @@ use writer::WriteOp;
 /// Metadata key of the tree rebuild's progress: the tree format, then the first partition
 /// whose tree is not yet rebuilt (u32, big endian; `PARTITIONS` when done).
 const TREE_PROGRESS: &[u8] = b"tree-progress";
+/// A tree rebuild step stops adding partitions past this many records...
+const REBUILD_RECORDS: usize = 4096;
+/// ... or this many partitions.
+const REBUILD_PARTITIONS: u16 = 1024;
 
 /// Counters the store keeps for INFO and metrics.
 #[derive(Debug, Default)]
@@ -422,25 +426,34 @@ impl Store {
         u32::from(PARTITIONS).saturating_sub(self.inner.tree_ready_below.load(Ordering::Acquire))
     }
 
-    /// Rebuilds the tree of the next partition that needs it, in one write transaction
-    /// queued like any write (bounded work: one partition's records). Returns false once
-    /// every tree is sound.
+    /// Rebuilds the trees of the next partitions that need it, in one write transaction
+    /// queued like any write, and bounded: up to [`REBUILD_RECORDS`] records or
+    /// [`REBUILD_PARTITIONS`] partitions (at least one). Returns false once every tree is
+    /// sound.
     pub async fn rebuild_tree_step(&self) -> Result<bool, StoreError> {
         let below = self.inner.tree_ready_below.load(Ordering::Acquire);
         if below >= u32::from(PARTITIONS) {
             return Ok(false);
         }
+        let from = below as u16;
+        // Size the step with a read-only count of the records ahead (keys only).
+        let to = self.read(|rtxn| {
+            let mut records = 0usize;
+            let mut to = from;
+            while to < PARTITIONS && (to == from || records < REBUILD_RECORDS) && to - from < REBUILD_PARTITIONS {
+                records += self.inner.data.prefix_iter(rtxn, &to.to_be_bytes())?.count();
+                to += 1;
+            }
+            Ok(to)
+        })?;
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(WriteOp::RebuildTree {
-                partition: below as u16,
-                done,
-            })
+            .send(WriteOp::RebuildTree { from, to, done })
             .await
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)??;
-        self.inner.tree_ready_below.store(below + 1, Ordering::Release);
-        if below + 1 == u32::from(PARTITIONS) {
+        self.inner.tree_ready_below.store(u32::from(to), Ordering::Release);
+        if to == PARTITIONS {
             tracing::info!("anti-entropy trees rebuilt");
         }
         Ok(true)

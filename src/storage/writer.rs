@@ -55,10 +55,11 @@ pub(crate) enum WriteOp {
     Clear {
         done: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Recompute one partition's anti-entropy tree from its records and record the
-    /// rebuild's progress, in one transaction.
+    /// Recompute the anti-entropy trees of partitions `from..to` from their records and
+    /// record the rebuild's progress, in one transaction.
     RebuildTree {
-        partition: u16,
+        from: u16,
+        to: u16,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
     Close {
@@ -173,10 +174,10 @@ fn apply_all(
                 log.push(Logged::Clear);
                 wtxn = replay_on_full(inner, wtxn, &log, from)?;
             }
-            WriteOp::RebuildTree { partition, done } => {
+            WriteOp::RebuildTree { from: first, to, done } => {
                 acks.push(done);
                 let from = log.len();
-                log.push(Logged::RebuildTree(partition));
+                log.extend((first..to).map(Logged::RebuildTree));
                 wtxn = replay_on_full(inner, wtxn, &log, from)?;
             }
             WriteOp::Update { keys: ks, apply, done } => {
