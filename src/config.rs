@@ -89,6 +89,8 @@ pub struct Config {
     pub anti_entropy_interval_ms: u64,
     /// Most bytes per second anti-entropy sends and receives (0: unlimited).
     pub anti_entropy_bytes_per_sec: u64,
+    /// Most bytes per second a node pulls when partitions move to it (0: unlimited).
+    pub transfer_bytes_per_sec: u64,
     /// The node id to use for a fresh data directory (a replaced node taking over its
     /// predecessor's place); `None` draws one.
     pub node_id: Option<u64>,
@@ -125,6 +127,7 @@ impl Default for Config {
             metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9379))),
             anti_entropy_interval_ms: 1000,
             anti_entropy_bytes_per_sec: 8 * 1024 * 1024,
+            transfer_bytes_per_sec: 32 * 1024 * 1024,
             node_id: None,
         }
     }
@@ -191,6 +194,7 @@ pub struct FileConfig {
     metrics_addr: Option<String>,
     anti_entropy_interval_ms: Option<u64>,
     anti_entropy_bytes_per_sec: Option<u64>,
+    transfer_bytes_per_sec: Option<u64>,
 }
 
 /// The flags of `dynkv server`; each overrides the config file.
@@ -226,8 +230,9 @@ pub struct ServerArgs {
     /// Threads for connections and commands (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Other members' client addresses, comma-separated (`host:port` or `host:port@clusterport`).
-    #[arg(long, value_delimiter = ',')]
+    /// Members to join through: client addresses, comma-separated (`host:port` or
+    /// `host:port@clusterport`). `--join` is the same flag.
+    #[arg(long, alias = "join", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
     /// Internode port (default: client port + 10000).
     #[arg(long)]
@@ -266,6 +271,10 @@ pub struct ServerArgs {
     /// Most bytes per second anti-entropy moves (default 8388608; 0 = unlimited).
     #[arg(long)]
     pub anti_entropy_bytes_per_sec: Option<u64>,
+    /// Most bytes per second pulled when partitions move to this node (default 33554432;
+    /// 0 = unlimited).
+    #[arg(long)]
+    pub transfer_bytes_per_sec: Option<u64>,
     /// Node id (16 hex digits) for a fresh data directory: a replacement node takes the
     /// place of the node it replaces. Refused if the data directory has another id.
     #[arg(long, value_parser = parse_node_id)]
@@ -333,7 +342,8 @@ impl Config {
             weight,
             failure_timeout_ms,
             anti_entropy_interval_ms,
-            anti_entropy_bytes_per_sec
+            anti_entropy_bytes_per_sec,
+            transfer_bytes_per_sec
         );
         if f.cluster_port.is_some() {
             self.cluster_port = f.cluster_port;
@@ -368,7 +378,8 @@ impl Config {
             failure_timeout_ms,
             tombstone_grace_secs,
             anti_entropy_interval_ms,
-            anti_entropy_bytes_per_sec
+            anti_entropy_bytes_per_sec,
+            transfer_bytes_per_sec
         );
         if a.node_id.is_some() {
             self.node_id = a.node_id;

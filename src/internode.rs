@@ -62,12 +62,13 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
             Response::Error("forwarded request arrived after its deadline; not run".into())
         }
         Request::Forward { proto, args, .. } => Response::Reply(run_forwarded(node, proto, args).await),
-        Request::Members => Response::Members(
-            coord
-                .cluster()
-                .map(|c| c.membership.view().members().to_vec())
-                .unwrap_or_default(),
-        ),
+        Request::Gossip { records } => match coord.cluster() {
+            Some(c) => {
+                c.membership.merge(&records);
+                Response::Members(c.membership.view().records().to_vec())
+            }
+            None => Response::Error("not a cluster member".into()),
+        },
         Request::Scan { cursor, end, count } => match coord.scan_local(cursor, end, count as usize) {
             Ok((next, items)) => Response::Scan {
                 next,

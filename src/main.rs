@@ -43,6 +43,71 @@ enum Command {
     },
     /// Copy a live Redis's string keys, with their TTLs, into dynkv (resumable).
     Migrate(Box<dynkv::migrate::MigrateArgs>),
+    /// Show or change the cluster's membership through any node (DYNKV.* commands).
+    Admin {
+        /// The node to talk to (`host:port`, its client port).
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        node: String,
+        /// Password, if the node requires one.
+        #[arg(long)]
+        password: Option<String>,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Members, their states and weights, and partition transfers.
+    Status,
+    /// Partitions led and replicated per member, now and after the current change.
+    Ring,
+    /// Make the node (this one, or NODE) leave: its data moves to the others first.
+    Leave {
+        /// Node id (16 hex digits); default: the node talked to.
+        node: Option<String>,
+    },
+    /// Remove a member that is gone for good; its replicas are rebuilt from the others.
+    Remove {
+        /// Node id (16 hex digits).
+        node: String,
+    },
+    /// Change a member's placement weight.
+    Weight {
+        /// Node id (16 hex digits).
+        node: String,
+        /// The new weight (> 0).
+        weight: f64,
+    },
+}
+
+/// Runs one admin command against `node` and prints its answer.
+fn admin(node: &str, password: Option<String>, action: AdminAction) -> anyhow::Result<()> {
+    let mut args: Vec<String> = match action {
+        AdminAction::Status => vec!["DYNKV.STATUS".into()],
+        AdminAction::Ring => vec!["DYNKV.RING".into()],
+        AdminAction::Leave { node } => std::iter::once("DYNKV.LEAVE".to_string()).chain(node).collect(),
+        AdminAction::Remove { node } => vec!["DYNKV.REMOVE".into(), node],
+        AdminAction::Weight { node, weight } => vec!["DYNKV.WEIGHT".into(), node, weight.to_string()],
+    };
+    let client = redis::Client::open(format!("redis://{node}/")).context("bad node address")?;
+    let mut conn = client
+        .get_connection()
+        .with_context(|| format!("cannot reach {node}"))?;
+    if let Some(p) = password {
+        redis::cmd("AUTH").arg(p).exec(&mut conn).context("AUTH failed")?;
+    }
+    let name = args.remove(0);
+    let reply: redis::Value = redis::cmd(&name)
+        .arg(&args)
+        .query(&mut conn)
+        .with_context(|| format!("{name} failed"))?;
+    match reply {
+        redis::Value::BulkString(b) => print!("{}", String::from_utf8_lossy(&b)),
+        redis::Value::Okay => println!("OK"),
+        other => println!("{other:?}"),
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                 .block_on(dynkv::dev_cluster::run(nodes, base_port, data_dir, extra))
                 .context("dev-cluster failed");
         }
+        Some(Command::Admin { node, password, action }) => return admin(&node, password, action),
         Some(Command::Migrate(m)) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

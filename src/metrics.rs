@@ -52,6 +52,10 @@ pub const CLIENTS: &str = "dynkv_connected_clients";
 pub const NET_IN: &str = "dynkv_net_input_bytes_total";
 /// Bytes written to clients.
 pub const NET_OUT: &str = "dynkv_net_output_bytes_total";
+/// Records received by partition transfers (ring changes).
+pub const TRANSFER_KEYS: &str = "dynkv_transfer_keys_total";
+/// Bytes received by partition transfers.
+pub const TRANSFER_BYTES: &str = "dynkv_transfer_bytes_total";
 /// Anti-entropy exchanges, by outcome (ok, failed).
 pub const AE_EXCHANGES: &str = "dynkv_antientropy_exchanges_total";
 /// Local records changed by anti-entropy.
@@ -135,6 +139,12 @@ fn describe() {
     describe_counter!(NET_IN, Unit::Bytes, "Bytes read from clients.");
     describe_counter!(NET_OUT, Unit::Bytes, "Bytes written to clients.");
     describe_counter!(AE_EXCHANGES, "Anti-entropy exchanges with a peer, by outcome.");
+    describe_counter!(
+        TRANSFER_KEYS,
+        "Records received by partition transfers after ring changes."
+    );
+    describe_counter!(TRANSFER_BYTES, Unit::Bytes, "Bytes received by partition transfers.");
+
     describe_counter!(
         AE_KEYS_REPAIRED,
         "Local records changed by versions fetched through anti-entropy."

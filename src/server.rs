@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::cluster::health::Health;
 use crate::cluster::messages;
-use crate::cluster::{MemberInfo, Membership, discovery};
+use crate::cluster::{MemberInfo, Membership, gossip};
 use crate::config::Config;
 use crate::coordinator::{ClusterLink, Coordinator, PeerLimits, Quorum};
 
@@ -108,7 +108,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
             weight: config.weight,
         };
         let membership = Arc::new(
-            Membership::new(me.clone(), discovery::load_members(&store))
+            Membership::new(me.clone(), gossip::load_records(&store))
                 .map_err(|e| ServerError::Cluster(e.to_string()))?,
         );
         let rpc_config = RpcConfig::new(Bytes::from(config.cluster_secret.clone().unwrap_or_default()));
@@ -173,7 +173,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
             node.coord.clone(),
             shutdown.clone(),
         )));
-        background.push(tokio::spawn(discovery::run(
+        background.push(tokio::spawn(crate::coordinator::rebalance::run(
+            node.coord.clone(),
+            shutdown.clone(),
+            crate::coordinator::antientropy::Throttle::new(node.config.transfer_bytes_per_sec),
+        )));
+        background.push(tokio::spawn(gossip::run(
             membership,
             pool,
             node.config.seeds.clone(),

@@ -371,6 +371,19 @@ impl Metered {
         self.cluster.raw(i)
     }
 
+    /// Starts one more node, with a metrics port of its own, that joins the cluster.
+    fn add_node(&mut self) -> usize {
+        let port = loop {
+            let p = free_port();
+            if !self.metrics_ports.contains(&p) && p != DEFAULT_METRICS_PORT {
+                break p;
+            }
+        };
+        let i = self.cluster.add_node(&["--metrics-addr", &format!("127.0.0.1:{port}")]);
+        self.metrics_ports.push(port);
+        i
+    }
+
     /// Scrapes every node (skipping those in `skip`), records what moved, and returns the
     /// scrapes by node.
     fn scrape_all(&self, seen: &mut Seen, skip: &[usize]) -> Vec<Option<Scrape>> {
@@ -717,6 +730,16 @@ fn run_scenario() -> Outcome {
             .any(|s| total(s, "dynkv_antientropy_keys_repaired_total") > 0.0)
     });
     assert!(repaired, "anti-entropy never counted a repaired key");
+
+    // -- A join: the new node pulls the partitions it gains.
+    let joined = ae.add_node();
+    let moved = eventually(Duration::from_secs(30), || {
+        ae_finals = ae.scrape_all(&mut seen, &[]).into_iter().flatten().collect();
+        ae_finals.get(joined).is_some_and(|s| {
+            total(s, "dynkv_transfer_keys_total") > 0.0 && total(s, "dynkv_transfer_bytes_total") > 0.0
+        })
+    });
+    assert!(moved, "the joining node counted no transferred keys");
     finals.extend(ae_finals);
     Outcome { finals, seen }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::MemberInfo;
+use super::membership::MemberRecord;
 
 /// Version of the message set; a peer speaking another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -43,8 +44,12 @@ pub enum Request {
         /// client's later writes.
         deadline_ms: u64,
     },
-    /// Send the member list this node knows.
-    Members,
+    /// Gossip: the sender's member table; the receiver merges it and answers with its
+    /// own ([`Response::Members`]). A node asks to join by sending its own record.
+    Gossip {
+        /// The sender's records.
+        records: Vec<MemberRecord>,
+    },
     /// Scan local records from position `cursor` up to (not including) `end`.
     Scan {
         /// Start position (see the storage key layout).
@@ -122,8 +127,8 @@ pub enum Response {
     Error(String),
     /// An encoded RESP reply to a forwarded command.
     Reply(Bytes),
-    /// Known members.
-    Members(Vec<MemberInfo>),
+    /// A member table.
+    Members(Vec<MemberRecord>),
     /// Scanned records (key, encoded set) and the position to resume from.
     Scan {
         /// Resume position; equal to the request's `end` (or 0) when the range is done.

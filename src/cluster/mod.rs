@@ -1,14 +1,14 @@
 //! The cluster: who the members are, where each partition lives, and the messages nodes
 //! exchange. Must not know RESP or commands; the coordinator uses it to reach replicas.
 //!
-//! Membership here is static: the configured seeds and the peers they know, learned
-//! through the internode handshake and kept in the store's metadata so that a restarted
-//! node comes back with the same ring. Gossip and live joins replace [`discovery`] later
-//! behind the same [`Membership`] interface.
+//! Membership is a versioned member table spread by [`gossip`] and changed only on an
+//! operator's word (a node started with seeds asks to join; `DYNKV.LEAVE`, `DYNKV.REMOVE`
+//! and `DYNKV.WEIGHT` change members), kept in the store so a restart comes back with the
+//! same ring.
 
-pub mod discovery;
+pub mod gossip;
 pub mod health;
 pub mod membership;
 pub mod messages;
 
-pub use membership::{MemberInfo, Membership, View};
+pub use membership::{MemberInfo, MemberRecord, MemberState, Membership, View};

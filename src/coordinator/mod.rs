@@ -18,6 +18,7 @@ pub mod handoff;
 pub mod probe;
 pub mod quorum;
 pub mod reap;
+pub mod rebalance;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -131,6 +132,9 @@ pub struct Placed {
     pub nodes: Vec<NodeId>,
     /// (fallback, owner) pairs.
     pub stand_ins: Vec<(NodeId, NodeId)>,
+    /// Nodes the partition is moving to that are not among `nodes`: writes reach them
+    /// too (so nothing written during a move falls into a gap), reads do not yet.
+    pub extra: Vec<NodeId>,
 }
 
 impl Placed {
@@ -204,6 +208,7 @@ pub struct Coordinator {
     cluster: Option<Arc<ClusterLink>>,
     stats: Arc<CoordStats>,
     ae: Arc<antientropy::AeStats>,
+    rebalance: Arc<rebalance::RebalanceStats>,
 }
 
 impl Coordinator {
@@ -216,6 +221,7 @@ impl Coordinator {
             cluster: cluster.map(Arc::new),
             stats: Arc::new(CoordStats::default()),
             ae: Arc::new(antientropy::AeStats::default()),
+            rebalance: Arc::new(rebalance::RebalanceStats::default()),
         }
     }
 
@@ -272,6 +278,7 @@ impl Coordinator {
             return Placed {
                 nodes: vec![self.node_id],
                 stand_ins: Vec::new(),
+                extra: Vec::new(),
             };
         };
         let view = c.membership.view();
@@ -286,7 +293,20 @@ impl Coordinator {
         let fallbacks = nodes.iter().filter(|id| !home.contains(id));
         let missing = home.iter().filter(|id| !nodes.contains(id));
         let stand_ins = fallbacks.copied().zip(missing.copied()).collect();
-        Placed { nodes, stand_ins }
+        let extra = if view.in_transition() {
+            let n_target = c.configured.n.min(view.target().members().len()).max(1);
+            view.target_replicas(p, n_target)
+                .into_iter()
+                .filter(|id| !nodes.contains(id) && (*id == me || c.health.is_up(*id, now)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Placed {
+            nodes,
+            stand_ins,
+            extra,
+        }
     }
 
     /// The nodes holding `key` now (see [`Coordinator::placed`]).
@@ -316,6 +336,11 @@ impl Coordinator {
     async fn op_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let c = self.cluster.as_ref()?;
         c.ops.clone().acquire_owned().await.ok()
+    }
+
+    /// The rebalancer's counters.
+    pub fn rebalance_stats(&self) -> &rebalance::RebalanceStats {
+        &self.rebalance
     }
 
     /// The anti-entropy worker's counters.
@@ -626,7 +651,13 @@ impl Coordinator {
     /// (this node's counts as one).
     async fn replicate(&self, key: Bytes, set: SiblingSet, placed: &Placed) -> Result<(), CoordError> {
         let q = self.quorum();
-        let others: Vec<NodeId> = placed.nodes.iter().copied().filter(|r| *r != self.node_id).collect();
+        let others: Vec<NodeId> = placed
+            .nodes
+            .iter()
+            .chain(&placed.extra)
+            .copied()
+            .filter(|r| *r != self.node_id)
+            .collect();
         let need = q.w.saturating_sub(1).min(others.len());
         if others.is_empty() {
             return Ok(());
@@ -818,7 +849,7 @@ impl Coordinator {
         let Some(c) = &self.cluster else {
             return Ok(());
         };
-        for m in c.membership.view().members().iter().filter(|m| m.id != self.node_id) {
+        for m in c.membership.view().reachable().iter().filter(|m| m.id != self.node_id) {
             self.call(m, &Request::Flush).await.map_err(CoordError::Peer)?;
         }
         Ok(())
@@ -851,7 +882,7 @@ fn merge_all<'a>(sets: impl Iterator<Item = &'a Option<SiblingSet>>) -> Option<S
 }
 
 async fn resolve(addr: &str) -> Option<SocketAddr> {
-    crate::cluster::discovery::resolve(addr).await
+    crate::cluster::gossip::resolve(addr).await
 }
 
 /// Turns a decision into the change of the stored record, assigning the new dot; a record

@@ -24,7 +24,7 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown) {
     let mut tick = shutdown.ticker(INTERVAL);
     while tick.next().await {
         let view = membership.view();
-        for m in view.members().iter().filter(|m| m.id != me) {
+        for m in view.reachable().iter().filter(|m| m.id != me) {
             let (coord, m) = (coord.clone(), m.clone());
             // Each probe on its own, so one hung peer does not delay the others.
             tokio::spawn(async move {

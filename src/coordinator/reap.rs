@@ -23,13 +23,13 @@ use crate::storage::{Change, ScanItem, Store, record_hash_of};
 
 /// Removes each key whose record still hashes to the given value (a write since the
 /// check changed it, and then it stays); returns how many were removed.
-pub async fn reap_local(store: &Store, items: Vec<(Bytes, u128)>) -> Result<u64, crate::error::StoreError> {
+pub async fn remove_if_unchanged(store: &Store, items: Vec<(Bytes, u128)>) -> Result<u64, crate::error::StoreError> {
     if items.is_empty() {
         return Ok(0);
     }
     let (keys, hashes): (Vec<Bytes>, Vec<u128>) = items.into_iter().unzip();
     let names = keys.clone();
-    let removed = store
+    store
         .update_many(keys, move |current| {
             let mut removed = 0u64;
             let changes = current
@@ -46,7 +46,12 @@ pub async fn reap_local(store: &Store, items: Vec<(Bytes, u128)>) -> Result<u64,
                 .collect();
             (changes, removed)
         })
-        .await?;
+        .await
+}
+
+/// [`remove_if_unchanged`] for dead records, counted as reaped.
+pub async fn reap_local(store: &Store, items: Vec<(Bytes, u128)>) -> Result<u64, crate::error::StoreError> {
+    let removed = remove_if_unchanged(store, items).await?;
     store.stats().reaped.fetch_add(removed, Ordering::Relaxed);
     ::metrics::counter!(m::TOMBSTONES_REAPED).increment(removed);
     Ok(removed)
@@ -67,7 +72,11 @@ pub async fn reap(coord: &Coordinator, items: Vec<ScanItem>) -> Result<u64, Coor
     let n = coord.quorum().n;
     let me = coord.node_id();
     let now = std::time::Instant::now();
-    let others: Vec<_> = view.members().iter().filter(|mm| mm.id != me).cloned().collect();
+    // No reaping while data moves between replicas.
+    if view.in_transition() {
+        return Ok(0);
+    }
+    let others: Vec<_> = view.reachable().iter().filter(|mm| mm.id != me).cloned().collect();
     // Every member must answer: a node that is down may hold an older version or a hint.
     // A node that knows fewer members than N has not heard of everyone yet (a fresh or
     // replaced node still learning the cluster): it waits.

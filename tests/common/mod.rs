@@ -802,6 +802,49 @@ impl Cluster {
         panic!("no free ports for the cluster after 3 attempts: {last}");
     }
 
+    /// Starts one more node that joins the cluster through its seeds (same secret and
+    /// N/R/W, plus `extra` flags); returns its index. Does not wait for the join to
+    /// complete.
+    pub fn add_node(&mut self, extra: &[&str]) -> usize {
+        let seeds = self.seeds();
+        let mut taken: Vec<u16> = self
+            .nodes
+            .iter()
+            .map(|n| n.port())
+            .chain(self.cluster_ports.clone())
+            .collect();
+        let (port, cport) = free_port_pair(&mut taken);
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--cluster-port".into(),
+            cport.to_string(),
+            "--join".into(),
+            seeds,
+            "--cluster-secret".into(),
+            self.setup.secret.clone(),
+            "--n".into(),
+            self.setup.n.to_string(),
+            "--r".into(),
+            self.setup.r.to_string(),
+            "--w".into(),
+            self.setup.w.to_string(),
+            "--request-timeout-ms".into(),
+            self.setup.timeout_ms.to_string(),
+        ];
+        args.extend(self.setup.args.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let node = Server::start_with(Setup {
+            args,
+            data_dir: None,
+            port: PortMode::Given(port),
+            password: None,
+        });
+        self.nodes.push(node);
+        self.cluster_ports.push(cport);
+        self.nodes.len() - 1
+    }
+
     /// Node `i`.
     pub fn node(&self, i: usize) -> &Server {
         &self.nodes[i]

@@ -6,6 +6,7 @@
 //! CONFIG, DBSIZE, FLUSHALL, SHUTDOWN, ...), [`strings`] (GET, SET, APPEND, ...),
 //! [`keyspace`] (DEL, EXISTS, EXPIRE, TTL, SCAN, ...), [`siblings`] (SIBLINGS, RESOLVE).
 
+pub mod admin;
 pub mod cluster;
 pub mod connection;
 pub mod keyspace;
@@ -147,6 +148,11 @@ pub static COMMANDS: &[Spec] = &[
     spec!("siblings", 2, &["readonly"], (1, 1, 1), "dynkv", "Returns a key's causal context and every live sibling value."),
     spec!("resolve", -4, W, (1, 1, 1), "dynkv", "Writes a value with a context, replacing the siblings it covers."),
     spec!("dynkv.local", 2, &["readonly"], (0, 0, 0), "dynkv", "Returns this node's own copy of a key, shaped like SIBLINGS."),
+    spec!("dynkv.status", 1, A, (0, 0, 0), "dynkv", "Shows the members, their states and weights, and partition transfers."),
+    spec!("dynkv.ring", 1, A, (0, 0, 0), "dynkv", "Shows partitions led and replicated per member, now and after the current change."),
+    spec!("dynkv.leave", -1, A, (0, 0, 0), "dynkv", "Asks this node (or the given one) to leave the cluster, handing its data over."),
+    spec!("dynkv.remove", 2, A, (0, 0, 0), "dynkv", "Removes a member (a dead node) from the cluster; its replicas are rebuilt elsewhere."),
+    spec!("dynkv.weight", 3, A, (0, 0, 0), "dynkv", "Changes a member's placement weight; partitions move accordingly."),
     spec!("cluster", -2, &["loading"], (0, 0, 0), "cluster", "Cluster layout for cluster-aware clients (SLOTS, SHARDS, NODES, INFO, KEYSLOT, MYID)."),
     spec!("readonly", 1, &["fast", "loading"], (0, 0, 0), "cluster", "Accepted: replicas serve reads through quorums anyway."),
     spec!("readwrite", 1, &["fast", "loading"], (0, 0, 0), "cluster", "Accepted."),
@@ -176,6 +182,12 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
     }
     if !ctx.client.authenticated && !spec.flags.contains(&"no-auth") {
         return Reply::err("NOAUTH Authentication required.").into();
+    }
+    if let Some(c) = ctx.node.coord.cluster()
+        && (spec.keys.0 > 0 || matches!(spec.name, "scan" | "keys" | "dbsize"))
+        && !c.membership.has_met()
+    {
+        return Reply::err("CLUSTERDOWN this node has not reached any other member of its cluster yet").into();
     }
     if !ctx.routed && spec.keys.0 > 0 && ctx.node.coord.cluster().is_some() {
         if let Some(outcome) = route::route(&mut ctx, spec).await {
@@ -231,6 +243,9 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
         "siblings" => siblings::siblings(&mut ctx).await.into(),
         "resolve" => siblings::resolve(&mut ctx).await,
         "dynkv.local" => siblings::local(&mut ctx).into(),
+        "dynkv.status" => admin::status(&mut ctx).into(),
+        "dynkv.ring" => admin::ring(&mut ctx).into(),
+        "dynkv.leave" | "dynkv.remove" | "dynkv.weight" => admin::change(&mut ctx, spec.name).into(),
         "cluster" => cluster::cluster(&mut ctx).into(),
         "readonly" | "readwrite" => Reply::Ok.into(),
         _ => Reply::err(util::unknown_command(&ctx.args)).into(),

