@@ -79,6 +79,24 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
             },
             Err(e) => failed(e),
         },
+        Request::ScanParts {
+            mut partitions,
+            cursor,
+            count,
+        } => {
+            partitions.sort_unstable();
+            partitions.dedup();
+            match coord.scan_parts(&partitions, cursor, (count as usize).clamp(1, 4096)) {
+                Ok((next, items)) => Response::Scan {
+                    next,
+                    items: items
+                        .into_iter()
+                        .map(|it| (it.key, Bytes::from(it.set.to_bytes())))
+                        .collect(),
+                },
+                Err(e) => failed(e),
+            }
+        }
         Request::Count { partitions } => match coord.count_local(&partitions) {
             Ok((k, e)) => Response::Count(k, e),
             Err(e) => failed(e),

@@ -189,3 +189,79 @@ fn a_join_and_a_leave_under_writes_lose_nothing_and_end_on_exactly_n_nodes() {
     });
     assert!(left, "the node that left still holds records");
 }
+
+/// The `bytes` figure of a node's transfer line in DYNKV.STATUS.
+fn transfer_bytes(raw: &mut Raw) -> u64 {
+    let s = status(raw);
+    s.lines()
+        .find(|l| l.starts_with("transfer:"))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words
+                .windows(2)
+                .find(|w| w[0] == "bytes")
+                .and_then(|w| w[1].parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_transfer_killed_midway_resumes_where_it_stopped() {
+    let mut c = Cluster::start_with(ClusterSetup::new(3));
+    let keys: Vec<String> = (0..2000).map(|i| format!("big:{i}")).collect();
+    let value = "v".repeat(200);
+    let sets: Vec<_> = keys
+        .iter()
+        .map(|k| req(&[b"SET", k.as_bytes(), value.as_bytes()]))
+        .collect();
+    assert!(
+        pipeline(&mut c.raw(0), &sets)
+            .iter()
+            .all(|r| *r == Resp::Simple("OK".into()))
+    );
+    // A slow pull (about 100 KB/s) so that it can be interrupted.
+    let new = c.add_node(&["--transfer-bytes-per-sec", "100000"]);
+    let mut seen = 0;
+    let midway = eventually(Duration::from_secs(30), || {
+        seen = transfer_bytes(&mut c.raw(new));
+        seen >= 150_000
+    });
+    assert!(midway, "the pull never got going ({seen} bytes)");
+    c.node_mut(new).kill9();
+    assert!(
+        !status(&mut c.raw(0)).contains("ring stable"),
+        "the join cannot have completed while the new node was pulling"
+    );
+    c.node_mut(new).start_again();
+    let log_has_resume = eventually(Duration::from_secs(10), || {
+        c.node(new).log().contains("resuming partition pull")
+    });
+    assert!(log_has_resume, "the restarted node did not resume its pull");
+    let line = c
+        .node(new)
+        .log()
+        .lines()
+        .find(|l| l.contains("resuming partition pull"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let resumed_at: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(resumed_at > 0, "resumed from zero: {line}");
+    wait_stable(&c, &[0, 1, 2, new], 4, Duration::from_secs(60));
+    let total = transfer_bytes(&mut c.raw(new));
+    eprintln!("killed after {seen} bytes seen; resumed at {resumed_at} bytes; {total} bytes in all");
+    assert!(total >= resumed_at);
+    // Every key survived the interrupted move on exactly N nodes.
+    let mut r = c.raw(new);
+    let gets: Vec<_> = keys.iter().map(|k| req(&[b"GET", k.as_bytes()])).collect();
+    for (k, got) in keys.iter().zip(pipeline(&mut r, &gets)) {
+        assert_eq!(got, Resp::bulk(&value), "GET {k}");
+    }
+    let ok = eventually(Duration::from_secs(30), || {
+        holders(&c, &[0, 1, 2, new], &keys).iter().all(|&h| h == 3)
+    });
+    assert!(ok, "keys not on exactly 3 nodes after the resumed join");
+}

@@ -59,6 +59,16 @@ pub enum Request {
         /// Most records to examine.
         count: u32,
     },
+    /// Scan local records of these partitions (ascending) from position `cursor` on;
+    /// answered with [`Response::Scan`], whose `next` is 0 once all are done.
+    ScanParts {
+        /// The partitions, ascending.
+        partitions: Vec<u16>,
+        /// Start position (0: the first partition's start).
+        cursor: u64,
+        /// Most records to return.
+        count: u32,
+    },
     /// Count live keys in these partitions.
     Count {
         /// The partitions.

@@ -371,7 +371,7 @@ impl Coordinator {
         // whole-node requests (scan, count, flush) walk a store.
         let timeout = match req {
             Request::Forward { .. } => c.timeout * 3,
-            Request::Scan { .. } | Request::Count { .. } | Request::Flush => c.timeout * 10,
+            Request::Scan { .. } | Request::ScanParts { .. } | Request::Count { .. } | Request::Flush => c.timeout * 10,
             _ => c.timeout,
         };
         // Replication to a slow replica is bounded: past the limit a copy fails at once
@@ -772,6 +772,40 @@ impl Coordinator {
     /// Records of this node's store from `cursor` up to `end` (0: the end).
     pub fn scan_local(&self, cursor: u64, end: u64, count: usize) -> Result<(u64, Vec<ScanItem>), CoordError> {
         Ok(self.store.scan(cursor, end, count)?)
+    }
+
+    /// Up to `count` local records of `partitions` (ascending) from position `cursor`,
+    /// and the position to resume from (0 when every partition is done).
+    pub fn scan_parts(
+        &self,
+        partitions: &[u16],
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<ScanItem>), CoordError> {
+        let mut out = Vec::new();
+        for (i, &p) in partitions.iter().enumerate() {
+            let start = u64::from(p) << 50;
+            let end = if p + 1 >= crate::ring::PARTITIONS {
+                0
+            } else {
+                u64::from(p + 1) << 50
+            };
+            if end != 0 && cursor >= end {
+                continue;
+            }
+            let (next, items) = self
+                .store
+                .scan(start.max(cursor), end, count.saturating_sub(out.len()).max(1))?;
+            out.extend(items);
+            if next != end {
+                return Ok((next, out));
+            }
+            if out.len() >= count {
+                let resume = partitions.get(i + 1).map_or(0, |q| u64::from(*q) << 50);
+                return Ok((resume, out));
+            }
+        }
+        Ok((0, out))
     }
 
     /// Live keys in the given partitions of this node's store, and how many of them

@@ -72,13 +72,6 @@ pub struct RebalanceStats {
     pub started_ms: AtomicU64,
 }
 
-/// Scan positions of one partition: `[start, end)`, with 0 as the end of the key space.
-fn partition_range(p: u16) -> (u64, u64) {
-    let start = u64::from(p) << 50;
-    let end = if p + 1 >= PARTITIONS { 0 } else { u64::from(p + 1) << 50 };
-    (start, end)
-}
-
 /// N of a placement with `members` members.
 fn n_for(coord: &Coordinator, members: usize) -> usize {
     coord.cluster().map_or(1, |c| c.configured.n.min(members).max(1))
@@ -138,16 +131,11 @@ async fn pull(coord: &Coordinator, throttle: &Throttle, shutdown: &Shutdown) -> 
     let gained: Vec<u16> = (0..PARTITIONS)
         .filter(|&p| view.target_replicas(p, n_target).contains(&me) && !view.replicas(p, n_read).contains(&me))
         .collect();
-    // Each source's part: the gained partitions it replicates now, as runs of positions.
-    let mut parts: BTreeMap<NodeId, Vec<(u64, u64)>> = BTreeMap::new();
+    // Each source's part: the gained partitions it replicates now (ascending).
+    let mut parts: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
     for &p in &gained {
         for s in view.replicas(p, n_read).into_iter().filter(|s| *s != me) {
-            let (start, end) = partition_range(p);
-            let runs = parts.entry(s).or_default();
-            match runs.last_mut() {
-                Some(last) if last.1 == start => last.1 = end,
-                _ => runs.push((start, end)),
-            }
+            parts.entry(s).or_default().push(p);
         }
     }
     let store = coord.store();
@@ -183,66 +171,59 @@ async fn pull(coord: &Coordinator, throttle: &Throttle, shutdown: &Shutdown) -> 
             "resuming partition pull"
         );
     }
-    for (&source, runs) in &parts {
+    for (&source, partitions) in &parts {
         if progress.done.contains(&source) {
             continue;
         }
         let Some(member) = view.member(source).cloned() else {
             continue;
         };
-        let resume = if progress.source == source { progress.cursor } else { 0 };
+        let mut cursor = if progress.source == source { progress.cursor } else { 0 };
         progress.source = source;
         let mut complete = true;
-        'runs: for &(start, end) in runs {
-            // Runs end at a partition boundary or at 0 (the end of the key space).
-            if resume != 0 && end != 0 && end <= resume {
-                continue;
+        loop {
+            if shutdown.is_triggered() || c.membership.view().fingerprint() != fp {
+                return Ok(false);
             }
-            let mut cursor = start.max(resume);
-            loop {
-                if shutdown.is_triggered() || c.membership.view().fingerprint() != fp {
-                    return Ok(false);
-                }
-                let req = Request::Scan {
-                    cursor,
-                    end,
-                    count: CHUNK,
-                };
-                let bytes = messages::encode(&req);
-                throttle.take(bytes.len()).await;
-                let answer = coord.call_bytes(&member, bytes, 10).await;
-                let (next, items) = match answer.map(|b| messages::decode::<Response>(&b).map_err(|e| e.to_string())) {
-                    Ok(Ok(Response::Scan { next, items })) => (next, items),
-                    other => {
-                        tracing::debug!(source = format!("{source:016x}"), "pull chunk failed: {other:?}");
-                        complete = false;
-                        break 'runs;
-                    }
-                };
-                let size: usize = items.iter().map(|(k, s)| k.len() + s.len()).sum();
-                throttle.take(size).await;
-                let mut sets = Vec::with_capacity(items.len());
-                for (k, s) in items {
-                    let set = SiblingSet::decode(&s).map_err(|e| format!("bad sibling set from a source: {e}"))?;
-                    sets.push((k, set));
-                }
-                let count = sets.len() as u64;
-                merge_many(store, sets).await.map_err(|e| e.to_string())?;
-                if count > 0 {
-                    progress.keys += count;
-                    progress.bytes += size as u64;
-                    progress.cursor = next;
-                    stats.keys_in.store(progress.keys, Ordering::Relaxed);
-                    stats.bytes_in.store(progress.bytes, Ordering::Relaxed);
-                    ::metrics::counter!(m::TRANSFER_KEYS).increment(count);
-                    ::metrics::counter!(m::TRANSFER_BYTES).increment(size as u64);
-                    let _ = store.meta_put(PROGRESS_KEY, &messages::encode(&progress));
-                }
-                if next == end {
+            let req = Request::ScanParts {
+                partitions: partitions.clone(),
+                cursor,
+                count: CHUNK,
+            };
+            let bytes = messages::encode(&req);
+            throttle.take(bytes.len()).await;
+            let answer = coord.call_bytes(&member, bytes, 10).await;
+            let (next, items) = match answer.map(|b| messages::decode::<Response>(&b).map_err(|e| e.to_string())) {
+                Ok(Ok(Response::Scan { next, items })) => (next, items),
+                other => {
+                    tracing::debug!(source = format!("{source:016x}"), "pull chunk failed: {other:?}");
+                    complete = false;
                     break;
                 }
-                cursor = next;
+            };
+            let size: usize = items.iter().map(|(k, s)| k.len() + s.len()).sum();
+            throttle.take(size).await;
+            let mut sets = Vec::with_capacity(items.len());
+            for (k, s) in items {
+                let set = SiblingSet::decode(&s).map_err(|e| format!("bad sibling set from a source: {e}"))?;
+                sets.push((k, set));
             }
+            let count = sets.len() as u64;
+            merge_many(store, sets).await.map_err(|e| e.to_string())?;
+            if count > 0 {
+                progress.keys += count;
+                progress.bytes += size as u64;
+                progress.cursor = next;
+                stats.keys_in.store(progress.keys, Ordering::Relaxed);
+                stats.bytes_in.store(progress.bytes, Ordering::Relaxed);
+                ::metrics::counter!(m::TRANSFER_KEYS).increment(count);
+                ::metrics::counter!(m::TRANSFER_BYTES).increment(size as u64);
+                let _ = store.meta_put(PROGRESS_KEY, &messages::encode(&progress));
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
         if complete {
             progress.done.push(source);
