@@ -265,3 +265,198 @@ fn a_transfer_killed_midway_resumes_where_it_stopped() {
     });
     assert!(ok, "keys not on exactly 3 nodes after the resumed join");
 }
+
+/// The keys each of `nodes` holds (DYNKV.LOCAL), as sets of key indices.
+fn held_sets(c: &Cluster, nodes: &[usize], keys: &[String]) -> Vec<std::collections::BTreeSet<usize>> {
+    nodes
+        .iter()
+        .map(|&i| {
+            let mut r = c.raw(i);
+            let reqs: Vec<_> = keys.iter().map(|k| req(&[b"DYNKV.LOCAL", k.as_bytes()])).collect();
+            pipeline(&mut r, &reqs)
+                .into_iter()
+                .enumerate()
+                .filter(|(_, got)| *got != Resp::Nil)
+                .map(|(j, _)| j)
+                .collect()
+        })
+        .collect()
+}
+
+/// One step's figures: copies that appeared on a node that did not hold them before.
+struct Step {
+    name: &'static str,
+    moved: usize,
+    ideal: f64,
+    min: usize,
+    max: usize,
+}
+
+fn measure(
+    name: &'static str,
+    before: &std::collections::BTreeMap<usize, std::collections::BTreeSet<usize>>,
+    after: &std::collections::BTreeMap<usize, std::collections::BTreeSet<usize>>,
+    ideal: f64,
+) -> Step {
+    let moved = after
+        .iter()
+        .map(|(n, held)| held.difference(before.get(n).unwrap_or(&Default::default())).count())
+        .sum();
+    let sizes: Vec<usize> = after.values().map(|h| h.len()).collect();
+    Step {
+        name,
+        moved,
+        ideal,
+        min: sizes.iter().copied().min().unwrap_or(0),
+        max: sizes.iter().copied().max().unwrap_or(0),
+    }
+}
+
+fn snapshot(
+    c: &Cluster,
+    nodes: &[usize],
+    keys: &[String],
+) -> std::collections::BTreeMap<usize, std::collections::BTreeSet<usize>> {
+    nodes.iter().copied().zip(held_sets(c, nodes, keys)).collect()
+}
+
+fn replicas_of(ring: &str, id: &str) -> f64 {
+    ring.lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("replicas=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Grows 3 -> 5 -> 6, shrinks 6 -> 4, then gives one node weight 2: each step moves about
+/// the ideal number of copies, spreads keys evenly, ends with every key on exactly N
+/// nodes and readable; a restart of the whole cluster comes back with the same ring.
+#[test]
+fn growth_and_shrink_move_about_the_ideal_and_a_full_restart_keeps_the_ring() {
+    const N: f64 = 3.0;
+    let mut c = Cluster::start_with(ClusterSetup::new(3));
+    let keys: Vec<String> = (0..3000).map(|i| format!("g:{i}")).collect();
+    let sets: Vec<_> = keys
+        .iter()
+        .map(|k| req(&[b"SET", k.as_bytes(), k.as_bytes()]))
+        .collect();
+    assert!(
+        pipeline(&mut c.raw(0), &sets)
+            .iter()
+            .all(|r| *r == Resp::Simple("OK".into()))
+    );
+    let total = keys.len() as f64 * N;
+    let mut live: Vec<usize> = vec![0, 1, 2];
+    let mut steps = Vec::new();
+
+    let before = snapshot(&c, &live, &keys);
+    let (a, b) = (c.add_node(&[]), c.add_node(&[]));
+    live.extend([a, b]);
+    wait_stable(&c, &live, 5, Duration::from_secs(60));
+    check_all(&c, 0, &live, &keys, 3);
+    steps.push(measure(
+        "join 3 -> 5",
+        &before,
+        &snapshot(&c, &live, &keys),
+        total * 2.0 / 5.0,
+    ));
+
+    let before = snapshot(&c, &live, &keys);
+    let f = c.add_node(&[]);
+    live.push(f);
+    wait_stable(&c, &live, 6, Duration::from_secs(60));
+    check_all(&c, f, &live, &keys, 3);
+    steps.push(measure(
+        "join 5 -> 6",
+        &before,
+        &snapshot(&c, &live, &keys),
+        total / 6.0,
+    ));
+
+    let before = snapshot(&c, &live, &keys);
+    for leaver in [1, a] {
+        assert_eq!(c.raw(leaver).cmd(&[b"DYNKV.LEAVE"]), Resp::Simple("OK".into()));
+    }
+    live.retain(|n| *n != 1 && *n != a);
+    wait_stable(&c, &live, 4, Duration::from_secs(60));
+    check_all(&c, 0, &live, &keys, 3);
+    let gone = eventually(Duration::from_secs(30), || {
+        held_sets(&c, &[1, a], &keys).iter().all(|h| h.is_empty())
+    });
+    assert!(gone, "the nodes that left still hold records");
+    steps.push(measure(
+        "leave 6 -> 4",
+        &before,
+        &snapshot(&c, &live, &keys),
+        total * 2.0 / 6.0,
+    ));
+    for leaver in [1, a] {
+        c.node_mut(leaver).stop();
+    }
+
+    let before = snapshot(&c, &live, &keys);
+    let heavy = node_id(&mut c.raw(f));
+    let ring_before = c.raw(0).cmd(&[b"DYNKV.RING"]).text();
+    assert_eq!(
+        c.raw(0).cmd(&[b"DYNKV.WEIGHT", heavy.as_bytes(), b"2"]),
+        Resp::Simple("OK".into())
+    );
+    wait_stable(&c, &live, 4, Duration::from_secs(60));
+    check_all(&c, 0, &live, &keys, 3);
+    let ring_after = c.raw(0).cmd(&[b"DYNKV.RING"]).text();
+    let gained = replicas_of(&ring_after, &heavy) - replicas_of(&ring_before, &heavy);
+    let after = snapshot(&c, &live, &keys);
+    steps.push(measure(
+        "weight 1 -> 2 (4 nodes)",
+        &before,
+        &after,
+        keys.len() as f64 * gained / 16384.0,
+    ));
+    let heavy_keys = after.get(&f).map_or(0, |h| h.len());
+
+    eprintln!("| change | copies moved | ideal | moved/ideal | min keys/node | max keys/node |");
+    eprintln!("|---|---|---|---|---|---|");
+    for s in &steps {
+        eprintln!(
+            "| {} | {} | {:.0} | {:.3} | {} | {} |",
+            s.name,
+            s.moved,
+            s.ideal,
+            s.moved as f64 / s.ideal,
+            s.min,
+            s.max
+        );
+    }
+    eprintln!("weight-2 node holds {heavy_keys} keys; ring after:\n{ring_after}");
+    for s in &steps {
+        let ratio = s.moved as f64 / s.ideal;
+        assert!(
+            (0.8..1.2).contains(&ratio),
+            "{}: moved {} vs ideal {:.0}",
+            s.name,
+            s.moved,
+            s.ideal
+        );
+    }
+    for s in &steps[..3] {
+        assert!(
+            s.max as f64 <= 1.25 * s.min as f64,
+            "{}: spread {}..{}",
+            s.name,
+            s.min,
+            s.max
+        );
+    }
+
+    // The whole cluster stops and starts again: same ring, same data.
+    for &n in &live {
+        c.node_mut(n).stop();
+    }
+    for &n in &live {
+        c.node_mut(n).start_again();
+    }
+    wait_stable(&c, &live, 4, Duration::from_secs(30));
+    let ring_restarted = c.raw(f).cmd(&[b"DYNKV.RING"]).text();
+    assert_eq!(ring_restarted, ring_after, "the ring changed across a full restart");
+    check_all(&c, f, &live, &keys, 3);
+}

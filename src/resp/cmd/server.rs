@@ -220,6 +220,29 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
                 view.members().len().saturating_sub(1 + down.len()),
                 down.len()
             );
+            let count = |st: crate::cluster::MemberState| view.records().iter().filter(|r| r.state() == st).count();
+            let rb = coord.rebalance_stats();
+            let _ = write!(
+                out,
+                "ring_state:{}\r\nmembers_joining:{}\r\nmembers_leaving:{}\r\nmembers_removed:{}\r\ntransfer_partitions_total:{}\r\ntransfer_partitions_done:{}\r\ntransfer_keys:{}\r\ntransfer_bytes:{}\r\ntransfer_bytes_per_sec:{:.0}\r\nhandover_keys_dropped:{}\r\n",
+                if view.in_transition() { "changing" } else { "stable" },
+                count(crate::cluster::MemberState::Joining),
+                count(crate::cluster::MemberState::Leaving),
+                count(crate::cluster::MemberState::Removed),
+                rb.partitions_total.load(Ordering::Relaxed),
+                rb.partitions_done.load(Ordering::Relaxed),
+                rb.keys_in.load(Ordering::Relaxed),
+                rb.bytes_in.load(Ordering::Relaxed),
+                {
+                    let secs = crate::coordinator::rebalance::pull_seconds(rb);
+                    if secs > 0.0 {
+                        rb.bytes_in.load(Ordering::Relaxed) as f64 / secs
+                    } else {
+                        0.0
+                    }
+                },
+                rb.keys_dropped.load(Ordering::Relaxed),
+            );
             for m in view.members().iter().filter(|m| m.id != coord.node_id()) {
                 let state = if down.contains(&m.id) { "down" } else { "up" };
                 let _ = write!(out, "peer_{:016x}:addr={},state={state}\r\n", m.id, m.client_addr);
