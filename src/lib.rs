@@ -10,16 +10,21 @@
 //! - [`version`]: dotted version vectors and sibling sets, and their byte format. Pure.
 //! - [`storage`]: the LMDB store (the only module that imports `heed`), group commit.
 //! - [`coordinator`]: reads and writes of keys as decisions over sibling sets, quorum
-//!   fan-out over replicas, read repair.
-//! - [`cluster`]: membership, placement view, discovery, internode messages.
+//!   fan-out over replicas, read repair; background workers: hinted handoff, Merkle
+//!   anti-entropy, reaping of dead records, partition transfers on ring changes.
+//! - [`cluster`]: the member table, its placements, gossip, failure detection, internode
+//!   messages.
 //! - [`rpc`]: the internode transport (framing, secret handshake, connection pool).
 //! - [`internode`]: what a node answers to its peers.
 //! - [`resp`]: the Redis protocol: parser, replies, connections, listener, commands.
 //! - [`metrics`]: the names of every Prometheus metric and the exporter.
-//! - [`sweep`]: background removal of expired and deleted records.
+//! - [`sweep`]: the background walk that counts dead records and hands those past their
+//!   grace to the reaper.
 //! - [`node`]: a running node's shared state; [`server`] starts and stops one.
 //! - [`dev_cluster`]: `dynkv dev-cluster`, a local cluster of real processes.
 //! - [`migrate`]: `dynkv migrate`, copying a live Redis's string keys into dynkv.
+
+#![warn(missing_docs)]
 
 pub mod clock;
 pub mod cluster;
