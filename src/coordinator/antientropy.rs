@@ -18,7 +18,8 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::Coordinator;
-use crate::cluster::MemberInfo;
+use crate::cluster::{MemberInfo, View};
+use crate::version::NodeId;
 use crate::cluster::messages::{self, Request, Response};
 use crate::error::StoreError;
 use crate::metrics as m;
@@ -529,13 +530,10 @@ pub struct AeStats {
 }
 
 /// The partitions both this node and `peer` replicate (as home replicas).
-pub fn shared_partitions(coord: &Coordinator, peer: u64) -> Vec<u16> {
-    let Some(c) = coord.cluster() else {
-        return Vec::new();
-    };
-    let view = c.membership.view();
-    let n = coord.quorum().n;
-    let me = coord.node_id();
+/// Takes everything from one view: the partition list and the fingerprint sent with it
+/// must describe the same placement, or a node that learned a member in between would
+/// exchange partitions it does not replicate.
+pub fn shared_partitions(view: &View, n: usize, me: NodeId, peer: NodeId) -> Vec<u16> {
     (0..PARTITIONS)
         .filter(|&p| {
             let home = view.placement().replicas(p, n);
@@ -591,13 +589,15 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, thr
         if !cluster.health.is_up(peer.id, Instant::now()) {
             continue;
         }
-        let shared = shared_partitions(&coord, peer.id);
+        let n = cluster.configured.n.min(view.members().len()).max(1);
+        let shared = shared_partitions(&view, n, coord.node_id(), peer.id);
         if shared.is_empty() {
             continue;
         }
         let started = Instant::now();
         let remote = PeerRemote::new(coord.clone(), peer.clone());
-        let result = exchange(&store, &remote, &shared, coord.view_fingerprint(), &throttle).await;
+        let fingerprint = (view.fingerprint(), n.min(usize::from(u8::MAX)) as u8);
+        let result = exchange(&store, &remote, &shared, fingerprint, &throttle).await;
         match result {
             Ok(r) => {
                 stats.exchanges.fetch_add(1, Ordering::Relaxed);
