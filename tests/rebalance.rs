@@ -460,3 +460,47 @@ fn growth_and_shrink_move_about_the_ideal_and_a_full_restart_keeps_the_ring() {
     assert_eq!(ring_restarted, ring_after, "the ring changed across a full restart");
     check_all(&c, f, &live, &keys, 3);
 }
+
+/// A node that died for good is removed by an operator: its partitions are rebuilt on
+/// the others from the surviving replicas, and every key ends on exactly N nodes.
+#[test]
+fn removing_a_dead_node_rebuilds_its_replicas_from_the_others() {
+    let mut c = Cluster::start_with(ClusterSetup::new(4).args(&["--failure-timeout-ms", "1000"]));
+    let keys: Vec<String> = (0..2000).map(|i| format!("r:{i}")).collect();
+    let sets: Vec<_> = keys
+        .iter()
+        .map(|k| req(&[b"SET", k.as_bytes(), k.as_bytes()]))
+        .collect();
+    assert!(
+        pipeline(&mut c.raw(0), &sets)
+            .iter()
+            .all(|r| *r == Resp::Simple("OK".into()))
+    );
+    let dead = node_id(&mut c.raw(3));
+    c.node_mut(3).kill9();
+    let seen_down = eventually(Duration::from_secs(10), || {
+        (0..3).all(|i| {
+            status(&mut c.raw(i))
+                .lines()
+                .any(|l| l.trim_start().starts_with(&dead) && l.ends_with("down"))
+        })
+    });
+    assert!(seen_down, "the dead node was never seen down");
+    let t = Instant::now();
+    assert_eq!(
+        c.raw(1).cmd(&[b"DYNKV.REMOVE", dead.as_bytes()]),
+        Resp::Simple("OK".into())
+    );
+    wait_stable(&c, &[0, 1, 2], 3, Duration::from_secs(60));
+    eprintln!("removal complete in {:?}", t.elapsed());
+    assert!(
+        status(&mut c.raw(0))
+            .lines()
+            .any(|l| l.trim_start().starts_with(&dead) && l.contains("state=removed")),
+        "the dead node is not shown removed"
+    );
+    check_all(&c, 2, &[0, 1, 2], &keys, 3);
+    // A second removal of the same node is refused.
+    let again = c.raw(0).cmd(&[b"DYNKV.REMOVE", dead.as_bytes()]);
+    assert!(matches!(again, Resp::Error(e) if e.contains("removed")));
+}

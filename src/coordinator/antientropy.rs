@@ -18,14 +18,14 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::Coordinator;
-use crate::cluster::{MemberInfo, View};
-use crate::version::NodeId;
 use crate::cluster::messages::{self, Request, Response};
+use crate::cluster::{MemberInfo, View};
 use crate::error::StoreError;
 use crate::metrics as m;
 use crate::ring::PARTITIONS;
 use crate::shutdown::Shutdown;
 use crate::storage::{Change, Store, record_hash_of};
+use crate::version::NodeId;
 use crate::version::SiblingSet;
 
 /// Partitions per leaves request.

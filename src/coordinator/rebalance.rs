@@ -178,6 +178,11 @@ async fn pull(coord: &Coordinator, throttle: &Throttle, shutdown: &Shutdown) -> 
         let Some(member) = view.member(source).cloned() else {
             continue;
         };
+        // A source the failure detector calls down is skipped (another replica serves;
+        // a removed dead node never will).
+        if !c.health.is_up(source, std::time::Instant::now()) {
+            continue;
+        }
         let mut cursor = if progress.source == source { progress.cursor } else { 0 };
         progress.source = source;
         let mut complete = true;
