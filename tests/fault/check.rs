@@ -214,11 +214,12 @@ impl ConvReport {
         self.diverged.is_empty()
     }
 
-    /// Keys held by other than `n` nodes.
+    /// Keys held by some node but by other than `n` nodes (a key no node holds was never
+    /// written, or lost: the set and register checkers judge that).
     pub fn not_on(&self, n: usize) -> BTreeMap<String, usize> {
         self.holders
             .iter()
-            .filter(|(_, h)| **h != n)
+            .filter(|(_, h)| **h != 0 && **h != n)
             .map(|(k, h)| (k.clone(), *h))
             .collect()
     }
@@ -251,7 +252,7 @@ pub const CATEGORIES: [&str; 5] = [
     "no fault",
     "others cut away, client's node on the majority side",
     "client's node in a split's minority side",
-    "client's node down, paused or isolated",
+    "client's node down, wiped, paused or isolated",
     "one-way loss only",
 ];
 
@@ -263,7 +264,7 @@ pub fn category(t: u64, node: usize, spans: &[FaultSpan]) -> &'static str {
     }
     let own_down = active
         .iter()
-        .any(|s| matches!(s.kind, FaultKind::Kill(i) | FaultKind::Pause(i) | FaultKind::Isolate(i) if i == node));
+        .any(|s| matches!(s.kind, FaultKind::Kill(i) | FaultKind::Wipe(i) | FaultKind::Pause(i) | FaultKind::Isolate(i) if i == node));
     if own_down {
         return CATEGORIES[3];
     }
@@ -458,10 +459,17 @@ mod tests {
             vec![copy("c1", &["x", "y"]), None, copy("c1", &["y", "x"]), None],
         );
         snap.insert("b".to_string(), vec![None, None, None, None]);
+        snap.insert("c".to_string(), vec![None, copy("c1", &["x"]), None, None]);
         let r = check_convergence(&snap);
         assert!(r.converged(), "{r:?}");
         assert_eq!(r.holders["a"], 2);
-        assert_eq!(r.not_on(2).keys().collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(r.holders["b"], 0);
+        assert_eq!(
+            r.not_on(2).keys().collect::<Vec<_>>(),
+            vec!["c"],
+            "held by none is not judged here"
+        );
+        assert_eq!(r.not_on(1).keys().collect::<Vec<_>>(), vec!["a"]);
     }
 
     #[test]
@@ -496,6 +504,11 @@ mod tests {
                 start_ms: 500,
                 end_ms: 600,
             },
+            FaultSpan {
+                kind: FaultKind::Wipe(4),
+                start_ms: 700,
+                end_ms: 800,
+            },
         ];
         let at = |t: u64, node: usize, ok: bool| Op {
             start_ms: t,
@@ -510,6 +523,8 @@ mod tests {
             at(350, 1, false),
             at(350, 2, true),
             at(550, 0, true),
+            at(750, 4, false),
+            at(750, 0, true),
             Op {
                 kind: Kind::Read,
                 ..at(150, 0, false)
@@ -517,9 +532,9 @@ mod tests {
         ];
         let a = availability(&h, &spans);
         assert_eq!(a[CATEGORIES[0]], (1, 1));
-        assert_eq!(a[CATEGORIES[1]], (2, 2));
+        assert_eq!(a[CATEGORIES[1]], (3, 3));
         assert_eq!(a[CATEGORIES[2]], (1, 2));
-        assert_eq!(a[CATEGORIES[3]], (0, 1));
+        assert_eq!(a[CATEGORIES[3]], (0, 2));
         assert_eq!(a[CATEGORIES[4]], (1, 1));
         assert!(availability_table(&a).contains("50.0%"));
     }

@@ -2,6 +2,11 @@
 //! address (same client and internode ports in every namespace), has its own data
 //! directory and a log file that survives restarts, and can be killed, restarted, paused
 //! and resumed. Dropping the cluster kills every process, then removes the network.
+//!
+//! Not every node need be a member from the start: [`FaultSetup::initial`] nodes form the
+//! cluster, the others wait in their namespaces until [`FaultCluster::join`] starts them
+//! with `--join`; a node that left is stopped with [`FaultCluster::retire`]. Healing,
+//! waiting and checking concern the members only (see [`FaultCluster::members`]).
 
 use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
@@ -23,8 +28,10 @@ pub const CLUSTER_PORT: u16 = 17000;
 /// How the nodes run.
 #[derive(Debug, Clone)]
 pub struct FaultSetup {
-    /// Nodes.
+    /// Nodes (namespaces and data directories).
     pub nodes: usize,
+    /// Nodes started as the cluster (0..initial); the others join later.
+    pub initial: usize,
     /// N, R, W.
     pub nrw: (usize, usize, usize),
     /// `--request-timeout-ms`.
@@ -34,13 +41,16 @@ pub struct FaultSetup {
 }
 
 impl FaultSetup {
-    /// `nodes` nodes with N=3, R=2, W=2 and a 500 ms internode deadline.
+    /// `nodes` nodes with N=3, R=2, W=2, a 500 ms internode deadline and an anti-entropy
+    /// exchange every 250 ms (each node meets each of 4 peers about once a second), so
+    /// replicas converge on their own well within a scenario's passive timeout.
     pub fn new(nodes: usize) -> FaultSetup {
         FaultSetup {
             nodes,
+            initial: nodes,
             nrw: (3, 2, 2),
             timeout_ms: 500,
-            args: Vec::new(),
+            args: ["--anti-entropy-interval-ms", "250"].map(String::from).to_vec(),
         }
     }
 }
@@ -56,6 +66,7 @@ pub struct FaultNode {
     log_path: PathBuf,
     child: Option<Child>,
     paused: bool,
+    member: bool,
 }
 
 impl FaultNode {
@@ -79,6 +90,18 @@ impl FaultNode {
     /// Whether the process runs (paused counts as running).
     pub fn running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The node id it was given by [`FaultNode::wipe`], if it was wiped.
+    pub fn wiped_as(&self) -> Option<&str> {
+        let at = self.args.iter().position(|a| a == "--node-id")?;
+        self.args.get(at + 1).map(String::as_str)
+    }
+
+    /// Whether it is a member: started (as one of the initial nodes or by a join) and
+    /// not retired. A member that is down (killed, wiped) is still one.
+    pub fn member(&self) -> bool {
+        self.member
     }
 
     /// Whether it is SIGSTOPped.
@@ -159,6 +182,49 @@ impl FaultNode {
         self.paused = false;
     }
 
+    /// SIGKILL, then deletes the data directory (hints, replicas, node id: everything the
+    /// node stored); the next start runs with `--node-id id` on the empty directory, so
+    /// the node comes back as the same member with an empty disk.
+    pub fn wipe(&mut self, id: &str) {
+        self.kill9();
+        match std::fs::remove_dir_all(&self.data_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("node {}: remove {}: {e}", self.index, self.data_dir.display()),
+        }
+        assert!(
+            !self.data_dir.exists(),
+            "node {}: data directory still there",
+            self.index
+        );
+        match self.args.iter().position(|a| a == "--node-id") {
+            Some(at) => self.args[at + 1] = id.to_string(),
+            None => self.args.extend(["--node-id".to_string(), id.to_string()]),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s; reaped either way.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        if self.paused {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.try_wait().ok().flatten().is_none() {
+            if Instant::now() >= deadline {
+                eprintln!("node {}: no exit within 10 s of SIGTERM; SIGKILL", self.index);
+                let _ = c.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.wait();
+        self.paused = false;
+    }
+
     /// Starts again on the same data directory and waits until it answers.
     pub fn restart(&mut self) {
         self.spawn();
@@ -181,7 +247,7 @@ impl FaultNode {
 impl Drop for FaultNode {
     fn drop(&mut self) {
         self.kill9();
-        if std::thread::panicking() {
+        if std::thread::panicking() && self.log_path.exists() {
             eprintln!(
                 "--- node {} log tail ({}) ---\n{}\n--- end ---",
                 self.index,
@@ -212,7 +278,13 @@ impl FaultCluster {
             .prefix("dynkv-fault-")
             .tempdir()
             .expect("tempdir");
-        let seeds = (0..setup.nodes)
+        assert!(
+            (1..=setup.nodes).contains(&setup.initial),
+            "{} initial nodes of {}",
+            setup.initial,
+            setup.nodes
+        );
+        let seeds = (0..setup.initial)
             .map(|i| format!("{}:{PORT}@{CLUSTER_PORT}", net.addr(i)))
             .collect::<Vec<_>>()
             .join(",");
@@ -232,8 +304,6 @@ impl FaultCluster {
                 &CLUSTER_PORT.to_string(),
                 "--data-dir",
                 &dir.join("data").display().to_string(),
-                "--seeds",
-                &seeds,
                 "--cluster-secret",
                 &secret,
                 "--n",
@@ -248,6 +318,9 @@ impl FaultCluster {
             .map(String::from)
             .to_vec();
             args.extend(setup.args.iter().cloned());
+            if i < setup.initial {
+                args.extend(["--seeds".to_string(), seeds.clone()]);
+            }
             nodes.push(FaultNode {
                 index: i,
                 ns: net.ns(i),
@@ -257,18 +330,20 @@ impl FaultCluster {
                 log_path: dir.join("dynkv.log"),
                 child: None,
                 paused: false,
+                member: i < setup.initial,
             });
         }
         let mut c = FaultCluster { nodes, net, setup, tmp };
-        for node in &mut c.nodes {
+        for node in c.nodes.iter_mut().filter(|n| n.member) {
             node.spawn();
         }
-        for node in &mut c.nodes {
+        for node in c.nodes.iter_mut().filter(|n| n.member) {
             node.wait_ready(Duration::from_secs(15));
         }
         c.wait_known(Duration::from_secs(20));
         eprintln!(
-            "fault cluster: {} nodes on {}.0/24 (namespaces {}..), data in {}",
+            "fault cluster: {} of {} nodes running on {}.0/24 (namespaces {}..), data in {}",
+            c.setup.initial,
             c.nodes.len(),
             c.net.subnet,
             c.net.ns(0),
@@ -277,13 +352,50 @@ impl FaultCluster {
         c
     }
 
-    /// Waits until every node reports `cluster_known_nodes` = all; panics after `timeout`.
+    /// The members, in index order: the nodes healing, waiting and checking concern.
+    pub fn members(&self) -> Vec<usize> {
+        self.nodes.iter().filter(|n| n.member).map(|n| n.index).collect()
+    }
+
+    /// Starts node i (not yet a member) with `--join` naming every running member, plus
+    /// `extra` flags, and waits until it answers PING. It is a member from now on; its
+    /// join completes later (see `ring::wait_stable`).
+    pub fn join(&mut self, i: usize, extra: &[&str]) {
+        assert!(!self.nodes[i].member, "node {i} is already a member");
+        let seeds = self
+            .nodes
+            .iter()
+            .filter(|n| n.member && n.running() && !n.paused())
+            .map(|n| format!("{}:{PORT}@{CLUSTER_PORT}", self.net.addr(n.index)))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(!seeds.is_empty(), "no running member to join through");
+        let node = &mut self.nodes[i];
+        node.args.extend(["--join".to_string(), seeds]);
+        node.args.extend(extra.iter().map(|s| s.to_string()));
+        node.member = true;
+        node.spawn();
+        node.wait_ready(Duration::from_secs(15));
+    }
+
+    /// Stops node i (SIGTERM) for good: it is no member any more (it left), so healing
+    /// does not restart it and the checks skip it.
+    pub fn retire(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.stop();
+        node.member = false;
+    }
+
+    /// Waits until every member reports `cluster_known_nodes` = the number of members;
+    /// panics after `timeout`.
     pub fn wait_known(&self, timeout: Duration) {
-        let k = self.nodes.len() as u64;
+        let members = self.members();
+        let k = members.len() as u64;
         let deadline = Instant::now() + timeout;
         loop {
-            let seen: Vec<Option<u64>> = (0..self.nodes.len())
-                .map(|i| {
+            let seen: Vec<Option<u64>> = members
+                .iter()
+                .map(|&i| {
                     self.info_field(i, "cluster", "cluster_known_nodes")
                         .and_then(|v| v.parse().ok())
                 })
@@ -324,21 +436,42 @@ impl FaultCluster {
         }
     }
 
-    /// Heals every partition, resumes paused nodes and restarts killed ones; waits until
-    /// all answer and know each other.
+    /// One field of `INFO section` of node i (always INFO, never CLUSTER INFO).
+    pub fn info(&self, i: usize, section: &str, field: &str) -> Option<String> {
+        let mut c = self.conn(i);
+        match c.call(&[b"INFO", section.as_bytes()]) {
+            super::client::Reply::Ok(Resp::Bulk(b)) => info_field(&String::from_utf8_lossy(&b), field),
+            _ => None,
+        }
+    }
+
+    /// Node i's `node_id` (16 hex digits) from INFO; panics if it cannot be read.
+    pub fn node_id(&self, i: usize) -> String {
+        let id = self
+            .info(i, "cluster", "node_id")
+            .unwrap_or_else(|| panic!("node {i}: INFO cluster has no node_id"));
+        assert!(
+            id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "node {i}: node_id {id:?} is not 16 hex digits"
+        );
+        id
+    }
+
+    /// Heals every partition, resumes paused members and restarts killed ones; waits
+    /// until all members answer and know each other.
     pub fn heal_everything(&mut self) {
         self.net.heal_all();
-        for n in &mut self.nodes {
+        for n in self.nodes.iter_mut().filter(|n| n.member) {
             if n.paused() {
                 n.resume();
             }
         }
-        for n in &mut self.nodes {
+        for n in self.nodes.iter_mut().filter(|n| n.member) {
             if !n.running() {
                 n.restart();
             }
         }
-        for n in &mut self.nodes {
+        for n in self.nodes.iter_mut().filter(|n| n.member) {
             n.wait_ready(Duration::from_secs(15));
         }
         self.wait_known(Duration::from_secs(20));

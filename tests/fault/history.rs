@@ -71,6 +71,9 @@ pub struct Op {
 pub enum FaultKind {
     /// SIGKILL (restarted at the end).
     Kill(usize),
+    /// SIGKILL and the data directory deleted; repaired by starting it on an empty
+    /// directory with its old `--node-id` (the same member, every record and hint lost).
+    Wipe(usize),
     /// SIGSTOP (SIGCONT at the end).
     Pause(usize),
     /// veth down: cut from everyone, clients included.
@@ -103,11 +106,11 @@ impl FaultSpan {
         self.start_ms <= t && t < self.end_ms
     }
 
-    /// Nodes this fault takes away from the rest (down, paused, isolated or the split's
-    /// minority); a one-way loss takes none away entirely.
+    /// Nodes this fault takes away from the rest (down, wiped, paused, isolated or the
+    /// split's minority); a one-way loss takes none away entirely.
     pub fn cut(&self) -> BTreeSet<usize> {
         match &self.kind {
-            FaultKind::Kill(i) | FaultKind::Pause(i) | FaultKind::Isolate(i) => [*i].into(),
+            FaultKind::Kill(i) | FaultKind::Wipe(i) | FaultKind::Pause(i) | FaultKind::Isolate(i) => [*i].into(),
             FaultKind::Split(side) => side.iter().copied().collect(),
             FaultKind::OneWay { .. } => BTreeSet::new(),
         }

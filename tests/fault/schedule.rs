@@ -50,7 +50,7 @@ pub struct Step {
 /// Nodes a fault touches.
 pub fn touched(f: &FaultKind) -> Vec<usize> {
     match f {
-        FaultKind::Kill(i) | FaultKind::Pause(i) | FaultKind::Isolate(i) => vec![*i],
+        FaultKind::Kill(i) | FaultKind::Wipe(i) | FaultKind::Pause(i) | FaultKind::Isolate(i) => vec![*i],
         FaultKind::Split(side) => side.clone(),
         FaultKind::OneWay { to, from } => vec![*to, *from],
     }
@@ -114,29 +114,47 @@ pub fn plan(seed: u64, steps: usize, nodes: usize) -> Vec<Step> {
         .collect()
 }
 
-/// Injects one fault.
+/// Injects one fault (a wipe reads the node's id first, to give it back on restart).
 pub fn inject(c: &mut FaultCluster, f: &FaultKind) {
     match f {
         FaultKind::Kill(i) => c.nodes[*i].kill9(),
+        FaultKind::Wipe(i) => {
+            let id = c.node_id(*i);
+            eprintln!("node {i}: node_id {id}; SIGKILL and delete its data directory");
+            c.nodes[*i].wipe(&id);
+        }
         FaultKind::Pause(i) => c.nodes[*i].pause(),
         FaultKind::Isolate(i) => c.net.isolate(*i),
         FaultKind::Split(side) => {
-            let rest: Vec<usize> = (0..c.nodes.len()).filter(|i| !side.contains(i)).collect();
+            let rest: Vec<usize> = c.members().into_iter().filter(|i| !side.contains(i)).collect();
             c.net.split(side, &rest);
         }
         FaultKind::OneWay { to, from } => c.net.drop_from(*to, *from),
     }
 }
 
-/// Repairs one fault (a killed node restarts on its data directory).
+/// Repairs one fault (a killed node restarts on its data directory, a wiped one on an
+/// empty directory with its old node id, which it must then report).
 pub fn repair(c: &mut FaultCluster, f: &FaultKind) {
     match f {
         FaultKind::Kill(i) => c.nodes[*i].restart(),
+        FaultKind::Wipe(i) => {
+            let want = c.nodes[*i]
+                .wiped_as()
+                .expect("a wiped node has a node id to take")
+                .to_string();
+            c.nodes[*i].restart();
+            let id = c.node_id(*i);
+            assert_eq!(
+                id, want,
+                "node {i} restarted on an empty directory with --node-id {want}"
+            );
+        }
         FaultKind::Pause(i) => c.nodes[*i].resume(),
         FaultKind::Isolate(i) => c.net.heal(*i),
         FaultKind::Split(side) => {
             for &a in side {
-                for b in (0..c.nodes.len()).filter(|b| !side.contains(b)) {
+                for b in c.members().into_iter().filter(|b| !side.contains(b)) {
                     c.net.undrop(a, b);
                     c.net.undrop(b, a);
                 }

@@ -1,7 +1,8 @@
-//! The clients: each thread talks to one node (client c → node c mod nodes) and, in turn,
-//! adds a unique element to a set key (SIBLINGS → union of every sibling + element →
-//! RESOLVE with the context) and writes the next number to its own register key (SET).
-//! Every request is recorded with its outcome.
+//! The clients: each thread talks to one node (of the clients started together, the i-th
+//! talks to the (i mod k)-th of the k nodes given) and, in turn, adds a unique element to
+//! a set key (SIBLINGS → union of every sibling + element → RESOLVE with the context) and
+//! writes the next number to its own register key (SET). Every request is recorded with
+//! its outcome.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,15 +63,24 @@ fn outcome(r: &Reply) -> Outcome {
 }
 
 impl Clients {
-    /// Starts the clients; `addrs[i]` is node i's client address; times are measured
-    /// from `t0`.
-    pub fn start(w: &Workload, addrs: &[SocketAddr], t0: Instant, seed: u64) -> Clients {
+    /// Starts `count` clients numbered `first..first + count` (the number names the
+    /// client's register key and its set elements, so it must be unique in a run) over
+    /// `nodes` (index, client address) in turn; times are measured from `t0`.
+    pub fn start(
+        w: &Workload,
+        count: usize,
+        first: usize,
+        nodes: &[(usize, SocketAddr)],
+        t0: Instant,
+        seed: u64,
+    ) -> Clients {
+        assert!(!nodes.is_empty(), "clients need a node to talk to");
         let stop = Arc::new(AtomicBool::new(false));
         let keys = set_keys(w.set_keys);
-        let handles = (0..w.clients)
+        let handles = (first..first + count)
             .map(|c| {
-                let node = c % addrs.len();
-                let mut conn = Conn::new(addrs[node], w.timeout);
+                let (node, addr) = nodes[(c - first) % nodes.len()];
+                let mut conn = Conn::new(addr, w.timeout);
                 let (stop, keys, pause) = (stop.clone(), keys.clone(), w.pause);
                 let mut rng = super::schedule::Rng::new(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9));
                 std::thread::Builder::new()
