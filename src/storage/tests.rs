@@ -97,19 +97,34 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         rt().block_on(async {
             let store = Store::open(dir.path(), Fsync::No, 64 * 1024).expect("open");
+            // Ops are queued in runs of up to 7 before any is awaited, so that several
+            // share one group commit (and its summed tree changes).
+            let mut pending = Vec::new();
             for (i, op) in ops.iter().enumerate() {
                 let node = i as u64 + 1;
-                let res = match op.clone() {
-                    Op::Put(k, v) => store.update(key(k), move |_| (Change::Put(set_of(node, &[v], false)), ())).await,
-                    Op::Tomb(k) => store.update(key(k), move |_| (Change::Put(set_of(node, b"", true)), ())).await,
-                    Op::Remove(k) => store.update(key(k), |_| (Change::Remove, ())).await,
-                    Op::Merge(k, v) => store.update(key(k), move |cur| {
+                let (k, f): (u8, Box<dyn FnOnce(Option<SiblingSet>) -> Change + Send>) = match op.clone() {
+                    Op::Put(k, v) => (k, Box::new(move |_| Change::Put(set_of(node, &[v], false)))),
+                    Op::Tomb(k) => (k, Box::new(move |_| Change::Put(set_of(node, b"", true)))),
+                    Op::Remove(k) => (k, Box::new(|_| Change::Remove)),
+                    Op::Merge(k, v) => (k, Box::new(move |cur: Option<SiblingSet>| {
                         let mut s = cur.unwrap_or_default();
                         s.merge(&set_of(node, &vec![v; 3000], false));
-                        (Change::Put(s), ())
-                    }).await,
+                        Change::Put(s)
+                    })),
                 };
-                res.expect("write");
+                let queued = store
+                    .submit_many(vec![key(k)], move |mut sets| (vec![f(sets.pop().flatten())], ()))
+                    .await
+                    .expect("queue");
+                pending.push(queued);
+                if i % 7 == 6 {
+                    for p in pending.drain(..) {
+                        p.wait().await.expect("write");
+                    }
+                }
+            }
+            for p in pending.drain(..) {
+                p.wait().await.expect("write");
             }
             prop_assert_eq!(stored_trees(&store), expected_trees(&store));
             store.close().await.expect("close");

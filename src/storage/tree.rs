@@ -5,7 +5,8 @@
 //! Every record contributes `h = xxh3-128(key length | LMDB key | record bytes)`. A tree
 //! node's hash is the XOR of the contributions below it, so a write changes its leaf and
 //! its partition's root by the same delta, `h(old) ^ h(new)`, whatever else the partition
-//! holds: an update costs two small reads and writes, never a rescan. Record bytes are
+//! holds: an update never rescans. The writer sums a batch's deltas per leaf and writes
+//! each touched leaf and root once, just before the commit. Record bytes are
 //! canonical (sibling sets encode sorted), so replicas holding the same versions agree.
 //!
 //! A partition has 256 leaves, chosen by the top byte of the key hash (the byte after the
@@ -72,17 +73,49 @@ fn xor_entry(trees: &Db, wtxn: &mut RwTxn<'_>, key: &[u8], delta: u128) -> Resul
     Ok(())
 }
 
-/// Applies `delta` (old contribution XOR new) of the record under `lmdb_key` to its leaf
-/// and root, inside the transaction that changes the record.
-pub fn apply_delta(trees: &Db, wtxn: &mut RwTxn<'_>, lmdb_key: &[u8], delta: u128) -> Result<(), heed::Error> {
-    let Some((partition, leaf)) = leaf_of(lmdb_key) else {
-        return Ok(());
-    };
-    if delta == 0 {
-        return Ok(());
+/// Tree changes of one write transaction not yet written: per (partition, leaf), the XOR
+/// of the deltas (old contribution XOR new) of the records changed there.
+#[derive(Debug, Default)]
+pub struct Deltas {
+    leaves: ahash::AHashMap<(u16, u8), u128>,
+}
+
+impl Deltas {
+    /// Adds the delta of the record under `lmdb_key`.
+    pub fn add(&mut self, lmdb_key: &[u8], delta: u128) {
+        if let (Some(at), true) = (leaf_of(lmdb_key), delta != 0) {
+            *self.leaves.entry(at).or_default() ^= delta;
+        }
     }
-    xor_entry(trees, wtxn, &leaf_key(partition, leaf), delta)?;
-    xor_entry(trees, wtxn, &root_key(partition), delta)
+
+    /// Drops everything pending (the trees were cleared).
+    pub fn clear(&mut self) {
+        self.leaves.clear();
+    }
+
+    /// Drops what is pending for one partition (its tree is being rebuilt).
+    pub fn forget_partition(&mut self, partition: u16) {
+        self.leaves.retain(|(p, _), _| *p != partition);
+    }
+}
+
+/// Writes the pending deltas into their leaves and roots and empties `deltas` (on error
+/// the caller replays the whole transaction, deltas included).
+pub fn flush(trees: &Db, wtxn: &mut RwTxn<'_>, deltas: &mut Deltas) -> Result<(), heed::Error> {
+    let mut roots: ahash::AHashMap<u16, u128> = ahash::AHashMap::new();
+    for (&(partition, leaf), &delta) in &deltas.leaves {
+        if delta != 0 {
+            xor_entry(trees, wtxn, &leaf_key(partition, leaf), delta)?;
+            *roots.entry(partition).or_default() ^= delta;
+        }
+    }
+    for (partition, delta) in roots {
+        if delta != 0 {
+            xor_entry(trees, wtxn, &root_key(partition), delta)?;
+        }
+    }
+    deltas.clear();
+    Ok(())
 }
 
 /// Recomputes one partition's tree from its records (a rebuild step; bounded by the

@@ -77,6 +77,23 @@ enum Logged {
     RebuildTree(u16),
 }
 
+/// The write transaction of a batch, with the tree changes the batch has made so far:
+/// they are summed per tree node and written once, just before the commit, so a batch
+/// of many writes to one partition updates its leaf and root once, not once per write.
+struct Txn<'e> {
+    wtxn: heed::RwTxn<'e>,
+    deltas: tree::Deltas,
+}
+
+impl<'e> Txn<'e> {
+    fn begin(inner: &'e Inner) -> Result<Txn<'e>, heed::Error> {
+        Ok(Txn {
+            wtxn: inner.env.write_txn()?,
+            deltas: tree::Deltas::default(),
+        })
+    }
+}
+
 /// The writer on a thread of its own, for `fsync = always`: a commit waits for the disk,
 /// and that wait must not hold up a thread that serves clients.
 pub(crate) fn run_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
@@ -157,7 +174,7 @@ fn apply_all(
     close: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), StoreError> {
     let mut log: Vec<Logged> = Vec::new();
-    let mut wtxn = inner.env.write_txn()?;
+    let mut txn = Txn::begin(inner)?;
     for op in batch.drain(..) {
         if close.is_some() {
             // Writes queued behind Close are refused, never half-applied.
@@ -172,13 +189,13 @@ fn apply_all(
                 acks.push(done);
                 let from = log.len();
                 log.push(Logged::Clear);
-                wtxn = replay_on_full(inner, wtxn, &log, from)?;
+                txn = replay_on_full(inner, txn, &log, from)?;
             }
             WriteOp::RebuildTree { from: first, to, done } => {
                 acks.push(done);
                 let from = log.len();
                 log.extend((first..to).map(Logged::RebuildTree));
-                wtxn = replay_on_full(inner, wtxn, &log, from)?;
+                txn = replay_on_full(inner, txn, &log, from)?;
             }
             WriteOp::Update { keys: ks, apply, done } => {
                 let mut lkeys = Vec::with_capacity(ks.len());
@@ -186,7 +203,7 @@ fn apply_all(
                 let mut failed = None;
                 for k in &ks {
                     let lk = keys::encode(k);
-                    match inner.data.get(&wtxn, &lk) {
+                    match inner.data.get(&txn.wtxn, &lk) {
                         Ok(Some(bytes)) => match record::decode(bytes) {
                             Ok((_, set)) => sets.push(Some(set)),
                             Err(e) => failed = Some(e),
@@ -218,7 +235,7 @@ fn apply_all(
                         Change::HandedOff { owner, remove_record } => {
                             // The record stays while it is still held for another owner.
                             let held_for_others =
-                                other_hints(inner, &wtxn, &lk, owner).map_err(|e| map_err(inner, e))?;
+                                other_hints(inner, &txn.wtxn, &lk, owner).map_err(|e| map_err(inner, e))?;
                             log.push(Logged::DeleteHint(hint_key(&lk, owner)));
                             if remove_record && !held_for_others {
                                 log.push(Logged::Delete(lk));
@@ -226,23 +243,33 @@ fn apply_all(
                         }
                     }
                     inner.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    wtxn = replay_on_full(inner, wtxn, &log, from)?;
+                    txn = replay_on_full(inner, txn, &log, from)?;
                 }
                 acks.push(done);
             }
         }
     }
     if log.is_empty() {
-        wtxn.abort();
+        txn.wtxn.abort();
         return Ok(());
     }
     loop {
-        match wtxn.commit() {
+        // The summed tree changes go in last; a full map replays everything, trees too.
+        match tree::flush(&inner.trees, &mut txn.wtxn, &mut txn.deltas) {
+            Ok(()) => {}
+            Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
+                txn.wtxn.abort();
+                txn = grow_and_replay(inner, &log)?;
+                continue;
+            }
+            Err(e) => return Err(map_err(inner, e)),
+        }
+        match txn.wtxn.commit() {
             Ok(()) => {
                 inner.stats.commits.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            Err(heed::Error::Mdb(heed::MdbError::MapFull)) => wtxn = grow_and_replay(inner, &log)?,
+            Err(heed::Error::Mdb(heed::MdbError::MapFull)) => txn = grow_and_replay(inner, &log)?,
             Err(e) => return Err(map_err(inner, e)),
         }
     }
@@ -250,23 +277,18 @@ fn apply_all(
 
 /// Applies the logged changes from index `from` on; if the map is full, grows it and
 /// replays the whole log.
-fn replay_on_full<'e>(
-    inner: &'e Inner,
-    mut wtxn: heed::RwTxn<'e>,
-    log: &[Logged],
-    from: usize,
-) -> Result<heed::RwTxn<'e>, StoreError> {
+fn replay_on_full<'e>(inner: &'e Inner, mut txn: Txn<'e>, log: &[Logged], from: usize) -> Result<Txn<'e>, StoreError> {
     for l in &log[from..] {
-        match apply_logged(inner, &mut wtxn, l) {
+        match apply_logged(inner, &mut txn, l) {
             Ok(()) => {}
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
-                wtxn.abort();
+                txn.wtxn.abort();
                 return grow_and_replay(inner, log);
             }
             Err(e) => return Err(map_err(inner, e)),
         }
     }
-    Ok(wtxn)
+    Ok(txn)
 }
 
 /// Whether the record under `lmdb_key` is also held as a hint for an owner other than `owner`.
@@ -289,49 +311,55 @@ pub(crate) fn hint_key(lmdb_key: &[u8], owner: u64) -> Vec<u8> {
 }
 
 /// Grows the map and replays `log` into a fresh transaction, growing again until it fits.
-fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<heed::RwTxn<'e>, StoreError> {
+fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<Txn<'e>, StoreError> {
     'grow: loop {
         grow(inner)?;
-        let mut wtxn = inner.env.write_txn()?;
+        let mut txn = Txn::begin(inner)?;
         for l in log {
-            match apply_logged(inner, &mut wtxn, l) {
+            match apply_logged(inner, &mut txn, l) {
                 Ok(()) => {}
                 Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
-                    wtxn.abort();
+                    txn.wtxn.abort();
                     continue 'grow;
                 }
                 Err(e) => return Err(map_err(inner, e)),
             }
         }
-        return Ok(wtxn);
+        return Ok(txn);
     }
 }
 
 /// Applies one change; a record's change moves its anti-entropy tree in the same
 /// transaction (the old contribution is read from the transaction itself, so a replay
 /// after the map grew computes the same tree).
-fn apply_logged(inner: &Inner, wtxn: &mut heed::RwTxn<'_>, l: &Logged) -> Result<(), heed::Error> {
+fn apply_logged(inner: &Inner, txn: &mut Txn<'_>, l: &Logged) -> Result<(), heed::Error> {
+    let Txn { wtxn, deltas } = txn;
     match l {
         Logged::Put(k, v) => {
             let old = old_hash(inner, wtxn, k)?;
             inner.data.put(wtxn, k, v)?;
-            tree::apply_delta(&inner.trees, wtxn, k, old ^ tree::record_hash(k, v))
+            deltas.add(k, old ^ tree::record_hash(k, v));
+            Ok(())
         }
         Logged::Delete(k) => {
             let old = old_hash(inner, wtxn, k)?;
             if inner.data.delete(wtxn, k)? {
-                tree::apply_delta(&inner.trees, wtxn, k, old)?;
+                deltas.add(k, old);
             }
             Ok(())
         }
         Logged::PutHint(k) => inner.hints.put(wtxn, k, &[]),
         Logged::DeleteHint(k) => inner.hints.delete(wtxn, k).map(|_| ()),
         Logged::Clear => {
+            deltas.clear();
             inner.data.clear(wtxn)?;
             inner.hints.clear(wtxn)?;
             inner.trees.clear(wtxn)
         }
         Logged::RebuildTree(p) => {
+            // The rebuild reads the records as they are now, changes of this batch
+            // included: drop their pending deltas or they would count twice.
+            deltas.forget_partition(*p);
             tree::rebuild_partition(&inner.data, &inner.trees, wtxn, *p)?;
             let mut progress = vec![tree::TREE_FORMAT];
             progress.extend_from_slice(&(u32::from(*p) + 1).to_be_bytes());
