@@ -62,6 +62,9 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// What a queued write does with the key's current set.
+type Decide = Box<dyn FnOnce(Option<SiblingSet>) -> Change + Send>;
+
 #[derive(Debug, Clone)]
 enum Op {
     Put(u8, u8),
@@ -102,7 +105,7 @@ proptest! {
             let mut pending = Vec::new();
             for (i, op) in ops.iter().enumerate() {
                 let node = i as u64 + 1;
-                let (k, f): (u8, Box<dyn FnOnce(Option<SiblingSet>) -> Change + Send>) = match op.clone() {
+                let (k, f): (u8, Decide) = match op.clone() {
                     Op::Put(k, v) => (k, Box::new(move |_| Change::Put(set_of(node, &[v], false)))),
                     Op::Tomb(k) => (k, Box::new(move |_| Change::Put(set_of(node, b"", true)))),
                     Op::Remove(k) => (k, Box::new(|_| Change::Remove)),
