@@ -69,16 +69,7 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
             }
             None => Response::Error("not a cluster member".into()),
         },
-        Request::Scan { cursor, end, count } => match coord.scan_local(cursor, end, count as usize) {
-            Ok((next, items)) => Response::Scan {
-                next,
-                items: items
-                    .into_iter()
-                    .map(|it| (it.key, Bytes::from(it.set.to_bytes())))
-                    .collect(),
-            },
-            Err(e) => failed(e),
-        },
+        Request::Scan { cursor, end, count } => scanned(coord.scan_local(cursor, end, count as usize)),
         Request::ScanParts {
             mut partitions,
             cursor,
@@ -86,16 +77,7 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
         } => {
             partitions.sort_unstable();
             partitions.dedup();
-            match coord.scan_parts(&partitions, cursor, (count as usize).clamp(1, 4096)) {
-                Ok((next, items)) => Response::Scan {
-                    next,
-                    items: items
-                        .into_iter()
-                        .map(|it| (it.key, Bytes::from(it.set.to_bytes())))
-                        .collect(),
-                },
-                Err(e) => failed(e),
-            }
+            scanned(coord.scan_parts(&partitions, cursor, (count as usize).clamp(1, 4096)))
         }
         Request::Count { partitions } => match coord.count_local(&partitions) {
             Ok((k, e)) => Response::Count(k, e),
@@ -114,6 +96,21 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
         | Request::Reap { .. }) => antientropy::serve(coord.store(), &req, coord.view_fingerprint(), coord.ae_stats())
             .await
             .unwrap_or_else(|| Response::Error("not an anti-entropy request".into())),
+    }
+}
+
+/// The answer to a scan of local records: the records (key, encoded set) and where to
+/// resume.
+fn scanned(result: Result<(u64, Vec<crate::storage::ScanItem>), crate::error::CoordError>) -> Response {
+    match result {
+        Ok((next, items)) => Response::Scan {
+            next,
+            items: items
+                .into_iter()
+                .map(|it| (it.key, Bytes::from(it.set.to_bytes())))
+                .collect(),
+        },
+        Err(e) => Response::Error(e.to_string()),
     }
 }
 

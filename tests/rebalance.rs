@@ -57,6 +57,21 @@ fn holders(c: &Cluster, nodes: &[usize], keys: &[String]) -> Vec<usize> {
     count
 }
 
+/// Writes `count` keys `prefix:i` (value = key) through node 0 and returns them.
+fn fill(c: &Cluster, prefix: &str, count: usize) -> Vec<String> {
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}:{i}")).collect();
+    let sets: Vec<_> = keys
+        .iter()
+        .map(|k| req(&[b"SET", k.as_bytes(), k.as_bytes()]))
+        .collect();
+    assert!(
+        pipeline(&mut c.raw(0), &sets)
+            .iter()
+            .all(|r| *r == Resp::Simple("OK".into()))
+    );
+    keys
+}
+
 /// Writes keys `writer:*` through node 0 until stopped; returns the keys acknowledged.
 fn writer(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
     let addr = c.node(0).addr();
@@ -147,16 +162,7 @@ fn gossip_spreads_a_new_member_and_a_weight_change_within_seconds() {
 #[test]
 fn a_join_and_a_leave_under_writes_lose_nothing_and_end_on_exactly_n_nodes() {
     let mut c = Cluster::start_with(ClusterSetup::new(3));
-    let keys: Vec<String> = (0..3000).map(|i| format!("k:{i}")).collect();
-    let sets: Vec<_> = keys
-        .iter()
-        .map(|k| req(&[b"SET", k.as_bytes(), k.as_bytes()]))
-        .collect();
-    assert!(
-        pipeline(&mut c.raw(0), &sets)
-            .iter()
-            .all(|r| *r == Resp::Simple("OK".into()))
-    );
+    let keys = fill(&c, "k", 3000);
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(&c, stop.clone());
     let before: Vec<usize> = holders(&c, &[0, 1, 2], &keys);
@@ -335,16 +341,7 @@ fn replicas_of(ring: &str, id: &str) -> f64 {
 fn growth_and_shrink_move_about_the_ideal_and_a_full_restart_keeps_the_ring() {
     const N: f64 = 3.0;
     let mut c = Cluster::start_with(ClusterSetup::new(3));
-    let keys: Vec<String> = (0..3000).map(|i| format!("g:{i}")).collect();
-    let sets: Vec<_> = keys
-        .iter()
-        .map(|k| req(&[b"SET", k.as_bytes(), k.as_bytes()]))
-        .collect();
-    assert!(
-        pipeline(&mut c.raw(0), &sets)
-            .iter()
-            .all(|r| *r == Resp::Simple("OK".into()))
-    );
+    let keys = fill(&c, "g", 3000);
     let total = keys.len() as f64 * N;
     let mut live: Vec<usize> = vec![0, 1, 2];
     let mut steps = Vec::new();
@@ -466,16 +463,7 @@ fn growth_and_shrink_move_about_the_ideal_and_a_full_restart_keeps_the_ring() {
 #[test]
 fn removing_a_dead_node_rebuilds_its_replicas_from_the_others() {
     let mut c = Cluster::start_with(ClusterSetup::new(4).args(&["--failure-timeout-ms", "1000"]));
-    let keys: Vec<String> = (0..2000).map(|i| format!("r:{i}")).collect();
-    let sets: Vec<_> = keys
-        .iter()
-        .map(|k| req(&[b"SET", k.as_bytes(), k.as_bytes()]))
-        .collect();
-    assert!(
-        pipeline(&mut c.raw(0), &sets)
-            .iter()
-            .all(|r| *r == Resp::Simple("OK".into()))
-    );
+    let keys = fill(&c, "r", 2000);
     let dead = node_id(&mut c.raw(3));
     c.node_mut(3).kill9();
     let seen_down = eventually(Duration::from_secs(10), || {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Coordinator;
 use super::antientropy::{Throttle, merge_many};
+use crate::cluster::View;
 use crate::cluster::messages::{self, Request, Response};
 use crate::metrics as m;
 use crate::ring::{PARTITIONS, partition_of};
@@ -84,6 +85,9 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, throttle: Throttle) {
     };
     let membership = cluster.membership.clone();
     let mut drop_cursor = 0u64;
+    // The partitions this node does not replicate, for the view they were computed in
+    // (recomputed only when the view changes, not every round).
+    let mut foreign: Option<(u64, Vec<u16>)> = None;
     let mut tick = shutdown.ticker(ROUND);
     while tick.next().await {
         if !membership.has_met() {
@@ -110,7 +114,17 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, throttle: Throttle) {
             }
             continue;
         }
-        match drop_round(&coord, drop_cursor).await {
+        let n = n_for(&coord, view.members().len());
+        let (_, parts) = match &mut foreign {
+            Some(f) if f.0 == fp => f,
+            slot => slot.insert((
+                fp,
+                (0..PARTITIONS)
+                    .filter(|&p| !view.replicas(p, n).contains(&me))
+                    .collect(),
+            )),
+        };
+        match drop_round(&coord, &view, parts, drop_cursor).await {
             Ok(next) => drop_cursor = next,
             Err(e) => tracing::warn!("handing over records failed: {e}"),
         }
@@ -252,19 +266,14 @@ async fn pull(coord: &Coordinator, throttle: &Throttle, shutdown: &Shutdown) -> 
 /// not replicate (and holds no hint for): each goes to every replica of its partition,
 /// and is dropped here once all of them confirmed it, if unchanged meanwhile. Returns the
 /// position to continue from.
-async fn drop_round(coord: &Coordinator, cursor: u64) -> Result<u64, String> {
-    let c = coord.cluster().ok_or("no cluster")?;
-    let view = c.membership.view();
+async fn drop_round(coord: &Coordinator, view: &View, foreign_partitions: &[u16], cursor: u64) -> Result<u64, String> {
     let me = coord.node_id();
     let n = n_for(coord, view.members().len());
     let store = coord.store();
     // Only the partitions this node does not replicate are walked (range seeks skip the
     // rest), so a pass costs little when there is nothing to hand over.
-    let foreign_partitions: Vec<u16> = (0..PARTITIONS)
-        .filter(|&p| !view.replicas(p, n).contains(&me))
-        .collect();
     let (next, items) = coord
-        .scan_parts(&foreign_partitions, cursor, DROP_BATCH)
+        .scan_parts(foreign_partitions, cursor, DROP_BATCH)
         .map_err(|e| e.to_string())?;
     let foreign: Vec<ScanItem> = items
         .into_iter()
@@ -326,10 +335,17 @@ async fn drop_round(coord: &Coordinator, cursor: u64) -> Result<u64, String> {
     Ok(if refused.is_empty() { next } else { cursor })
 }
 
-/// Seconds since a pull started, for rates (0 when none runs).
-pub fn pull_seconds(stats: &RebalanceStats) -> f64 {
+/// Bytes per second of the pull in progress (0 when none runs).
+pub fn pull_rate(stats: &RebalanceStats) -> f64 {
     match stats.started_ms.load(Ordering::Relaxed) {
         0 => 0.0,
-        t => (crate::clock::now_ms().saturating_sub(t)) as f64 / 1000.0,
+        t => {
+            let secs = crate::clock::now_ms().saturating_sub(t) as f64 / 1000.0;
+            if secs > 0.0 {
+                stats.bytes_in.load(Ordering::Relaxed) as f64 / secs
+            } else {
+                0.0
+            }
+        }
     }
 }

@@ -108,27 +108,7 @@ impl Server {
 
     /// Starts a server as `setup` says; panics (with the log) if it is not ready in time.
     pub fn start_with(setup: Setup) -> Server {
-        raise_fd_limit();
-        let tmp = tempfile::Builder::new()
-            .prefix("dynkv-test-")
-            .tempdir()
-            .expect("tempdir");
-        let data_dir = setup.data_dir.clone().unwrap_or_else(|| tmp.path().join("data"));
-        let log_path = tmp.path().join("dynkv.log");
-        let port = match setup.port {
-            PortMode::Pick => free_port(),
-            PortMode::Given(p) => p,
-        };
-        let mut s = Server {
-            child: None,
-            port,
-            setup,
-            data_dir,
-            log_path,
-            _tmp: tmp,
-        };
-        s.launch();
-        s
+        Server::try_start_with(setup).unwrap_or_else(|msg| panic!("{msg}"))
     }
 
     /// Like [`Server::start_with`], but returns the failure (with the log) instead of

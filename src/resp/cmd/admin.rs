@@ -117,8 +117,7 @@ pub fn status(ctx: &mut Ctx<'_>) -> Reply {
     let done = rb.partitions_done.load(Ordering::Relaxed);
     let keys = rb.keys_in.load(Ordering::Relaxed);
     let bytes = rb.bytes_in.load(Ordering::Relaxed);
-    let secs = rebalance::pull_seconds(rb);
-    let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+    let rate = rebalance::pull_rate(rb);
     let _ = writeln!(
         out,
         "transfer: partitions {done}/{total} keys {keys} bytes {bytes} rate {rate:.0} B/s; handed over and dropped {}",

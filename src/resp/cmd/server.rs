@@ -233,14 +233,7 @@ pub async fn info(ctx: &mut Ctx<'_>) -> Reply {
                 rb.partitions_done.load(Ordering::Relaxed),
                 rb.keys_in.load(Ordering::Relaxed),
                 rb.bytes_in.load(Ordering::Relaxed),
-                {
-                    let secs = crate::coordinator::rebalance::pull_seconds(rb);
-                    if secs > 0.0 {
-                        rb.bytes_in.load(Ordering::Relaxed) as f64 / secs
-                    } else {
-                        0.0
-                    }
-                },
+                crate::coordinator::rebalance::pull_rate(rb),
                 rb.keys_dropped.load(Ordering::Relaxed),
             );
             for m in view.members().iter().filter(|m| m.id != coord.node_id()) {
