@@ -5,6 +5,9 @@
 
 use std::net::SocketAddr;
 
+pub mod commands;
+mod http;
+
 use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
@@ -12,6 +15,10 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 pub const COMMANDS: &str = "dynkv_commands_total";
 /// Time from a command's arrival to its reply being ready, by command name.
 pub const COMMAND_SECONDS: &str = "dynkv_command_duration_seconds";
+/// HELP text of [`COMMANDS`].
+pub const COMMANDS_HELP: &str = "Commands run, by command name.";
+/// HELP text of [`COMMAND_SECONDS`].
+pub const COMMAND_SECONDS_HELP: &str = "Time from a command's arrival to its reply, by command.";
 /// Error replies, by kind (the error code, e.g. ERR, NOAUTH, WRONGPASS, CROSSSLOT).
 pub const ERRORS: &str = "dynkv_errors_total";
 /// Quorum rounds, by op (read, write) and outcome (met, sloppy, failed).
@@ -24,6 +31,8 @@ pub const FORWARDS: &str = "dynkv_forwards_total";
 pub const READ_REPAIRS: &str = "dynkv_read_repairs_total";
 /// Live siblings seen per read.
 pub const SIBLINGS_PER_READ: &str = "dynkv_siblings_per_read";
+/// HELP text of [`SIBLINGS_PER_READ`].
+pub const SIBLINGS_PER_READ_HELP: &str = "Live siblings seen per read.";
 /// Keys holding more than one live sibling (counted by the sweep's last full pass).
 pub const KEYS_WITH_SIBLINGS: &str = "dynkv_keys_with_siblings";
 /// Hints held for a peer, by peer.
@@ -75,26 +84,41 @@ const COUNT_BUCKETS: &[f64] = &[
 
 /// Starts the Prometheus exporter on `addr` (`/metrics`) and describes every family.
 /// Must run inside the Tokio runtime.
-pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
-    let mut b = PrometheusBuilder::new().with_http_listener(addr);
-    for name in [COMMAND_SECONDS, QUORUM_SECONDS, COMMIT_SECONDS] {
+pub async fn install(addr: SocketAddr) -> Result<(), InstallError> {
+    let listener = http::bind(addr).await?;
+    let mut b = PrometheusBuilder::new();
+    for name in [QUORUM_SECONDS, COMMIT_SECONDS] {
         b = b.set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)?;
     }
-    for name in [SIBLINGS_PER_READ, COMMIT_BATCH] {
-        b = b.set_buckets_for_metric(Matcher::Full(name.to_string()), COUNT_BUCKETS)?;
-    }
-    b.install()?;
+    b = b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.to_string()), COUNT_BUCKETS)?;
+    let handle = b.install_recorder()?;
     describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(http::serve(listener, handle));
     Ok(())
 }
 
+/// Why the metrics endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The exporter refused its configuration or a recorder was already installed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The listener could not bind.
+    #[error("cannot listen: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
 fn describe() {
-    describe_counter!(COMMANDS, "Commands run, by command name.");
-    describe_histogram!(
-        COMMAND_SECONDS,
-        Unit::Seconds,
-        "Time from a command's arrival to its reply, by command."
-    );
+    // Kept in `commands` and rendered there; described here like every family.
+    describe_counter!(COMMANDS, COMMANDS_HELP);
+    describe_histogram!(COMMAND_SECONDS, Unit::Seconds, COMMAND_SECONDS_HELP);
     describe_counter!(ERRORS, "Error replies, by kind (the error code).");
     describe_counter!(
         QUORUMS,
@@ -107,7 +131,7 @@ fn describe() {
     );
     describe_counter!(FORWARDS, "Client requests forwarded to the key's coordinator.");
     describe_counter!(READ_REPAIRS, "Stale or divergent replicas repaired by read repair.");
-    describe_histogram!(SIBLINGS_PER_READ, "Live siblings seen per read.");
+    describe_histogram!(SIBLINGS_PER_READ, SIBLINGS_PER_READ_HELP);
     describe_gauge!(
         KEYS_WITH_SIBLINGS,
         "Keys holding more than one live sibling (last full sweep)."

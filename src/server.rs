@@ -145,7 +145,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     ));
     if let Some(addr) = config.metrics_addr {
         // A node without its metrics endpoint still serves clients: say so loudly.
-        match crate::metrics::install(addr) {
+        match crate::metrics::install(addr).await {
             Ok(()) => tracing::info!("metrics on http://{addr}/metrics"),
             Err(e) => tracing::error!("metrics endpoint {addr} not started: {e}"),
         }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -23,8 +23,8 @@ pub struct ClientInfo {
     pub name: Mutex<Bytes>,
     /// Library name and version from CLIENT SETINFO.
     pub lib: Mutex<(String, String)>,
-    /// Last command's name (a static command name; "NULL" before the first).
-    pub last_cmd: Mutex<&'static str>,
+    /// Last command: its index in the command table plus one (0 before the first).
+    pub last_cmd: AtomicUsize,
     /// Milliseconds since `created` of the last command.
     pub last_active_ms: AtomicU64,
     /// Protocol version in use.
@@ -41,7 +41,7 @@ impl ClientInfo {
             created: Instant::now(),
             name: Mutex::new(Bytes::new()),
             lib: Mutex::new((String::new(), String::new())),
-            last_cmd: Mutex::new("NULL"),
+            last_cmd: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             resp: AtomicU64::new(2),
         }
@@ -65,7 +65,10 @@ impl ClientInfo {
         let idle_ms =
             (self.created.elapsed().as_millis() as u64).saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
         let (lib_name, lib_ver) = self.lib.lock().map(|l| l.clone()).unwrap_or_default();
-        let cmd = self.last_cmd.lock().map(|c| *c).unwrap_or_default();
+        let cmd = match self.last_cmd.load(Ordering::Relaxed) {
+            0 => "NULL",
+            i => crate::resp::cmd::COMMANDS.get(i - 1).map_or("NULL", |s| s.name),
+        };
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
@@ -98,13 +101,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Records that a command ran now.
-    pub fn touch(&self, cmd: &'static str) {
-        self.info
-            .last_active_ms
-            .store(self.info.created.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if let Ok(mut c) = self.info.last_cmd.lock() {
-            *c = cmd;
-        }
+    /// Records that command `index` (of the command table) is the last one run.
+    pub fn touch(&self, index: usize) {
+        self.info.last_cmd.store(index + 1, Ordering::Relaxed);
+    }
+
+    /// Records that requests arrived at `at` (once per batch read from the socket).
+    pub fn active_at(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.info.created).as_millis() as u64;
+        self.info.last_active_ms.store(ms, Ordering::Relaxed);
     }
 }

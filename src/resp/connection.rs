@@ -8,8 +8,9 @@
 //! read always sees this connection's earlier writes and never a later one.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,12 +37,24 @@ enum Class {
     Other,
 }
 
-fn class_of(spec: Option<&cmd::Spec>) -> Class {
-    match spec {
-        Some(s) if s.flags.contains(&"write") => Class::Write,
-        Some(s) if s.flags.contains(&"readonly") => Class::Read,
-        _ => Class::Other,
-    }
+/// The class of command `index` (`None`: unknown), from a table built once.
+fn class_of(index: Option<usize>) -> Class {
+    static CLASSES: OnceLock<Vec<Class>> = OnceLock::new();
+    let classes = CLASSES.get_or_init(|| {
+        cmd::COMMANDS
+            .iter()
+            .map(|s| {
+                if s.flags.contains(&"write") {
+                    Class::Write
+                } else if s.flags.contains(&"readonly") {
+                    Class::Read
+                } else {
+                    Class::Other
+                }
+            })
+            .collect()
+    });
+    index.and_then(|i| classes.get(i).copied()).unwrap_or(Class::Other)
 }
 
 /// A reply that is ready, or one that follows a submitted write or read.
@@ -55,7 +68,35 @@ struct Slot {
     reply: Answer,
     /// Position in the command table (`COMMANDS.len()` for an unknown command).
     cmd: usize,
-    started: Instant,
+    /// When the bytes holding the request were read.
+    arrived: Instant,
+}
+
+/// Consecutive replies of one command with one latency, counted with one record.
+#[derive(Default)]
+struct Run {
+    cmd: usize,
+    latency: Duration,
+    count: u64,
+}
+
+impl Run {
+    /// Adds a reply, recording the run so far first when this one differs.
+    fn add(&mut self, cmd: usize, latency: Duration) {
+        if self.count > 0 && (self.cmd != cmd || self.latency != latency) {
+            self.record();
+        }
+        self.cmd = cmd;
+        self.latency = latency;
+        self.count += 1;
+    }
+
+    fn record(&mut self) {
+        if self.count > 0 {
+            m::commands::record(self.cmd, self.count, self.latency);
+            self.count = 0;
+        }
+    }
 }
 
 struct Conn {
@@ -68,22 +109,44 @@ struct Conn {
 }
 
 impl Conn {
-    /// Awaits queued replies in order and encodes them.
+    /// Awaits queued replies in order and encodes them. The clock is read once for the
+    /// replies that were ready together, not once per reply.
     async fn drain(&mut self, proto: u8) -> std::io::Result<()> {
+        let mut now: Option<Instant> = None;
+        let mut run = Run::default();
+        let result = self.drain_into(proto, &mut now, &mut run).await;
+        run.record();
+        result
+    }
+
+    async fn drain_into(&mut self, proto: u8, now: &mut Option<Instant>, run: &mut Run) -> std::io::Result<()> {
         while let Some(slot) = self.queue.pop_front() {
             let reply = match slot.reply {
                 Answer::Ready(r) => r,
-                Answer::Waiting(p) => p.await.unwrap_or_else(cmd::util::coord_error),
+                Answer::Waiting(mut p) => {
+                    // Already answered (the usual case after the first reply of a group
+                    // commit): no new clock reading. Otherwise wait and read the clock.
+                    let first = std::future::poll_fn(|cx| Poll::Ready(p.as_mut().poll(cx))).await;
+                    match first {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => {
+                            let r = p.await;
+                            *now = None;
+                            r
+                        }
+                    }
+                    .unwrap_or_else(cmd::util::coord_error)
+                }
             };
-            let (count, latency) = command_metrics(slot.cmd);
-            count.increment(1);
-            latency.record(slot.started.elapsed().as_secs_f64());
+            let end = *now.get_or_insert_with(Instant::now);
+            run.add(slot.cmd, end.saturating_duration_since(slot.arrived));
             self.encode(&reply, proto);
             if self.wbuf.len() > self.node.config.max_output_buffer {
                 return Err(std::io::Error::other("output buffer limit reached; connection closed"));
             }
             if self.wbuf.len() >= FLUSH_AT {
                 self.flush().await?;
+                *now = None;
             }
         }
         Ok(())
@@ -111,29 +174,9 @@ impl Conn {
     }
 }
 
-/// Per-command metric handles, registered once: looking a labelled metric up in the
-/// registry on every command costs more than the command itself at high rates.
-fn command_metrics(index: usize) -> &'static (::metrics::Counter, ::metrics::Histogram) {
-    static HANDLES: std::sync::OnceLock<Vec<(::metrics::Counter, ::metrics::Histogram)>> = std::sync::OnceLock::new();
-    let handles = HANDLES.get_or_init(|| {
-        cmd::COMMANDS
-            .iter()
-            .map(|s| s.name)
-            .chain(std::iter::once("unknown"))
-            .map(|name| {
-                (
-                    ::metrics::counter!(m::COMMANDS, "cmd" => name),
-                    ::metrics::histogram!(m::COMMAND_SECONDS, "cmd" => name),
-                )
-            })
-            .collect()
-    });
-    &handles[index.min(handles.len() - 1)]
-}
-
 /// Bytes in and out, registered once.
 fn net_metrics() -> &'static (::metrics::Counter, ::metrics::Counter) {
-    static HANDLES: std::sync::OnceLock<(::metrics::Counter, ::metrics::Counter)> = std::sync::OnceLock::new();
+    static HANDLES: OnceLock<(::metrics::Counter, ::metrics::Counter)> = OnceLock::new();
     HANDLES.get_or_init(|| (::metrics::counter!(m::NET_IN), ::metrics::counter!(m::NET_OUT)))
 }
 
@@ -194,38 +237,43 @@ async fn run(
     rbuf: &mut BytesMut,
     shutdown: &crate::shutdown::Shutdown,
 ) -> std::io::Result<()> {
+    let mut arrived = Instant::now();
     loop {
         // Run every complete request already buffered.
+        let mut parsed = 0u64;
         loop {
             let args = match parser.parse(rbuf) {
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
+                    Stats::add(&conn.node.stats.commands_processed, parsed);
                     conn.drain(client.proto).await?;
                     conn.encode(&Reply::err(e.to_string()), client.proto);
                     conn.flush().await?;
                     return Ok(());
                 }
             };
-            Stats::add(&conn.node.stats.commands_processed, 1);
-            let started = Instant::now();
+            parsed += 1;
             let index = cmd::lookup_index(&args[0]);
-            let spec = index.map(|i| &cmd::COMMANDS[i]);
             let cmd_index = index.unwrap_or(cmd::COMMANDS.len());
-            let class = class_of(spec);
+            let class = class_of(index);
             if class == Class::Other || class != conn.queued || conn.queue.len() >= MAX_IN_FLIGHT {
                 conn.drain(client.proto).await?;
             }
             conn.queued = class;
             let node = conn.node.clone();
-            let outcome = cmd::dispatch(Ctx {
-                node: &node,
-                client: &mut *client,
-                args,
-                routed: false,
-            })
+            let outcome = cmd::run(
+                Ctx {
+                    node: &node,
+                    client: &mut *client,
+                    args,
+                    routed: false,
+                },
+                index,
+            )
             .await;
             if client.silent {
+                Stats::add(&conn.node.stats.commands_processed, parsed);
                 conn.drain(client.proto).await?;
                 conn.flush().await?;
                 return Ok(());
@@ -236,14 +284,16 @@ async fn run(
                     Outcome::Later(p) => Answer::Waiting(p),
                 },
                 cmd: cmd_index,
-                started,
+                arrived,
             });
             if client.closing {
+                Stats::add(&conn.node.stats.commands_processed, parsed);
                 conn.drain(client.proto).await?;
                 conn.flush().await?;
                 return Ok(());
             }
         }
+        Stats::add(&conn.node.stats.commands_processed, parsed);
         conn.drain(client.proto).await?;
         conn.flush().await?;
         if shutdown.is_triggered() {
@@ -257,6 +307,8 @@ async fn run(
         if n == 0 {
             return Ok(());
         }
+        arrived = Instant::now();
+        client.active_at(arrived);
         Stats::add(&conn.node.stats.net_input_bytes, n as u64);
         net_metrics().0.increment(n as u64);
     }

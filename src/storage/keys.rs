@@ -20,18 +20,38 @@ const TAG_DIGEST: u8 = 1;
 
 /// The LMDB key of a user key.
 pub fn encode(key: &[u8]) -> Vec<u8> {
-    let partition = partition_of(key);
-    let mut out = Vec::with_capacity(HEADER + key.len().min(INLINE_MAX));
-    out.extend_from_slice(&partition.to_be_bytes());
-    out.extend_from_slice(&xxh3_64(key).to_be_bytes());
-    if key.len() <= INLINE_MAX {
-        out.push(TAG_INLINE);
-        out.extend_from_slice(key);
-    } else {
-        out.push(TAG_DIGEST);
-        out.extend_from_slice(&xxh3_128(key).to_be_bytes());
+    StackKey::new(key).as_slice().to_vec()
+}
+
+/// The LMDB key of a user key, built on the stack: reads use it to look a key up
+/// without allocating.
+pub struct StackKey {
+    buf: [u8; HEADER + INLINE_MAX],
+    len: usize,
+}
+
+impl StackKey {
+    /// Encodes `key`.
+    pub fn new(key: &[u8]) -> StackKey {
+        let mut buf = [0u8; HEADER + INLINE_MAX];
+        buf[..2].copy_from_slice(&partition_of(key).to_be_bytes());
+        buf[2..10].copy_from_slice(&xxh3_64(key).to_be_bytes());
+        let len = if key.len() <= INLINE_MAX {
+            buf[10] = TAG_INLINE;
+            buf[HEADER..HEADER + key.len()].copy_from_slice(key);
+            HEADER + key.len()
+        } else {
+            buf[10] = TAG_DIGEST;
+            buf[HEADER..HEADER + 16].copy_from_slice(&xxh3_128(key).to_be_bytes());
+            HEADER + 16
+        };
+        StackKey { buf, len }
     }
-    out
+
+    /// The encoded bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 /// Whether the record stored under `key`'s LMDB key must carry the full user key.

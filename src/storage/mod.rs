@@ -266,8 +266,8 @@ impl Store {
     /// The stored sibling set of `key`, if any (expired or dead sets included: callers
     /// decide liveness with the time they read at).
     pub fn get(&self, key: &[u8]) -> Result<Option<SiblingSet>, StoreError> {
-        let lkey = keys::encode(key);
-        self.read(|rtxn| match self.inner.data.get(rtxn, &lkey)? {
+        let lkey = keys::StackKey::new(key);
+        self.read(|rtxn| match self.inner.data.get(rtxn, lkey.as_slice())? {
             Some(bytes) => Ok(Some(record::decode(bytes)?.1)),
             None => Ok(None),
         })

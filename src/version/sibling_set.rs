@@ -206,6 +206,20 @@ impl SiblingSet {
         self.live(now_ms).max_by_key(|s| (s.written_at_ms, s.dot))
     }
 
+    /// The [`SiblingSet::winner`], moved out of the set (no copy of its value).
+    #[must_use]
+    pub fn into_winner(self, now_ms: u64) -> Option<Sibling> {
+        let i = self
+            .siblings
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_live(now_ms))
+            .max_by_key(|(_, s)| (s.written_at_ms, s.dot))?
+            .0;
+        let mut siblings = self.siblings;
+        Some(siblings.swap_remove(i))
+    }
+
     /// True when no sibling is live (all tombstones/expired, or empty): the
     /// key reads as missing and the record is a candidate for reaping.
     #[must_use]
@@ -451,6 +465,11 @@ mod tests {
         assert!(!s.is_dead(100));
         assert!(SiblingSet::new().is_dead(0));
         assert_eq!(SiblingSet::new().winner(0), None);
+        // into_winner moves out exactly the sibling winner picks.
+        for now in [0, 99, 100, 5000] {
+            assert_eq!(s.clone().into_winner(now).as_ref(), s.winner(now), "at {now}");
+        }
+        assert_eq!(SiblingSet::new().into_winner(0), None);
     }
 
     #[test]

@@ -171,11 +171,19 @@ pub fn lookup_index(name: &[u8]) -> Option<usize> {
 }
 
 /// Runs one request.
-pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
-    let Some(spec) = lookup(&ctx.args[0]) else {
+pub async fn dispatch(ctx: Ctx<'_>) -> Outcome {
+    let index = lookup_index(&ctx.args[0]);
+    run(ctx, index).await
+}
+
+/// Runs a request whose name was already looked up: `index` is its position in
+/// [`COMMANDS`] (`None`: unknown command).
+pub async fn run(mut ctx: Ctx<'_>, index: Option<usize>) -> Outcome {
+    let Some(i) = index else {
         return Reply::err(util::unknown_command(&ctx.args)).into();
     };
-    ctx.client.touch(spec.name);
+    let spec = &COMMANDS[i];
+    ctx.client.touch(i);
     let argc = ctx.args.len() as i32;
     if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
         return Reply::err(format!("ERR wrong number of arguments for '{}' command", spec.name)).into();
@@ -195,6 +203,9 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
         }
     }
     match spec.name {
+        // The hottest commands first: a match on strings tries its arms in order.
+        "get" => strings::get(&mut ctx).await,
+        "set" => strings::set(&mut ctx).await,
         "ping" => connection::ping(&mut ctx).into(),
         "echo" => Reply::Bulk(ctx.args[1].clone()).into(),
         "hello" => connection::hello(&mut ctx).into(),
@@ -213,8 +224,6 @@ pub async fn dispatch(mut ctx: Ctx<'_>) -> Outcome {
         "time" => server::time().into(),
         "flushall" | "flushdb" => server::flushall(&mut ctx).await.into(),
         "shutdown" => server::shutdown(&mut ctx).into(),
-        "get" => strings::get(&mut ctx).await,
-        "set" => strings::set(&mut ctx).await,
         "setnx" => strings::setnx(&mut ctx).await,
         "setex" | "psetex" => strings::setex(&mut ctx).await,
         "getset" => strings::getset(&mut ctx).await,

@@ -23,7 +23,7 @@ where
     F: FnOnce(Option<&SiblingSet>, u64) -> (Decision, Reply) + Send + 'static,
 {
     match ctx.node.coord.submit(key, blind, decide).await {
-        Ok(p) => Outcome::Later(Box::pin(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
+        Ok(p) => Outcome::Later(p),
         Err(e) => Outcome::Now(coord_error(e)),
     }
 }
@@ -33,10 +33,7 @@ fn record_siblings(set: Option<&SiblingSet>, now: u64) {
     if let Some(s) = set {
         let n = s.live(now).count();
         if n > 0 {
-            static HANDLE: std::sync::OnceLock<::metrics::Histogram> = std::sync::OnceLock::new();
-            HANDLE
-                .get_or_init(|| ::metrics::histogram!(crate::metrics::SIBLINGS_PER_READ))
-                .record(n as f64);
+            crate::metrics::commands::record_siblings(n as u64);
         }
     }
 }
@@ -46,7 +43,7 @@ pub async fn read_value(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Sibling>
     let set = ctx.node.coord.read(key).await.map_err(coord_error)?;
     let now = crate::clock::now_ms();
     record_siblings(set.as_ref(), now);
-    let v = live(set.as_ref(), now).cloned();
+    let v = set.and_then(|s| s.into_winner(now));
     let counter = if v.is_some() {
         &ctx.node.stats.keyspace_hits
     } else {
@@ -316,7 +313,7 @@ pub async fn mset(ctx: &mut Ctx<'_>, only_if_none: bool) -> Outcome {
         })
         .await;
     match submitted {
-        Ok(p) => Outcome::Later(Box::pin(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
+        Ok(p) => Outcome::Later(p),
         Err(e) => coord_error(e).into(),
     }
 }
