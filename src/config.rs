@@ -62,7 +62,8 @@ pub struct Config {
     pub expire_sweep_interval_ms: u64,
     /// Seconds a dead record (tombstone or expired value) is kept before it is reaped.
     pub tombstone_grace_secs: u64,
-    /// Threads that run connections and commands (the LMDB writer has its own).
+    /// Client threads: each runs its share of the connections on an event loop of its
+    /// own, with its own group-commit writer unless `fsync = always`.
     pub threads: usize,
     /// Client addresses (`host:port`, or `host:port@clusterport`) of other members.
     pub seeds: Vec<String>,
@@ -227,7 +228,7 @@ pub struct ServerArgs {
     /// Initial LMDB map size in bytes (it grows when full).
     #[arg(long)]
     pub initial_map_size: Option<usize>,
-    /// Threads for connections and commands (default: one per core).
+    /// Client threads, each with its own event loop (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Members to join through: client addresses, comma-separated (`host:port` or
@@ -493,9 +494,7 @@ fn parse_metrics_addr(s: &str) -> Result<Option<std::net::SocketAddr>, ConfigErr
     })
 }
 
-/// One per core. Measured on 2 cores with the client on the same machine: one thread
-/// gave a little more single-request throughput (P1) but a third of the pipelined
-/// throughput (P16) that two threads gave.
+/// One client thread per core.
 fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -42,5 +42,6 @@ pub mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
+pub mod striped;
 pub mod sweep;
 pub mod version;

@@ -2,7 +2,9 @@
 //! hold per-connection state (that is [`crate::resp::client`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+
+use crate::striped::Counter;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,27 +17,27 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Connections accepted since start.
-    pub connections_received: AtomicU64,
+    pub connections_received: Counter,
     /// Connections refused because `max-clients` was reached.
-    pub rejected_connections: AtomicU64,
+    pub rejected_connections: Counter,
     /// Commands executed.
-    pub commands_processed: AtomicU64,
+    pub commands_processed: Counter,
     /// Bytes read from clients.
-    pub net_input_bytes: AtomicU64,
+    pub net_input_bytes: Counter,
     /// Bytes written to clients.
-    pub net_output_bytes: AtomicU64,
+    pub net_output_bytes: Counter,
     /// Reads that found a live value.
-    pub keyspace_hits: AtomicU64,
+    pub keyspace_hits: Counter,
     /// Reads that found nothing.
-    pub keyspace_misses: AtomicU64,
+    pub keyspace_misses: Counter,
     /// Error replies sent.
-    pub error_replies: AtomicU64,
+    pub error_replies: Counter,
 }
 
 impl Stats {
     /// Adds `n` to a counter.
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+    pub fn add(c: &Counter, n: u64) {
+        c.add(n);
     }
 }
 

@@ -17,24 +17,31 @@ use super::{
     SIBLINGS_PER_READ_HELP,
 };
 use crate::resp::cmd;
+use crate::striped::{STRIPES, stripe};
 
 /// Live siblings per read: buckets as [`COUNT_BUCKETS`], plus one above them all.
+#[repr(align(128))]
 struct Siblings {
     buckets: [AtomicU64; COUNT_BUCKETS.len() + 1],
     sum: AtomicU64,
 }
 
-fn siblings() -> &'static Siblings {
-    static S: OnceLock<Siblings> = OnceLock::new();
-    S.get_or_init(|| Siblings {
-        buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-        sum: AtomicU64::new(0),
+/// One [`Siblings`] per stripe (see [`crate::striped`]); rendering adds them up.
+fn siblings() -> &'static [Siblings] {
+    static S: OnceLock<Vec<Siblings>> = OnceLock::new();
+    S.get_or_init(|| {
+        (0..STRIPES)
+            .map(|_| Siblings {
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                sum: AtomicU64::new(0),
+            })
+            .collect()
     })
 }
 
 /// Counts one read that saw `n` live siblings.
 pub fn record_siblings(n: u64) {
-    let s = siblings();
+    let s = &siblings()[stripe()];
     let slot = COUNT_BUCKETS.partition_point(|&b| b < n as f64);
     s.buckets[slot].fetch_add(1, Ordering::Relaxed);
     s.sum.fetch_add(n, Ordering::Relaxed);
@@ -54,15 +61,20 @@ fn bounds_ns() -> &'static [u64; LATENCY_BUCKETS.len()] {
     BOUNDS.get_or_init(|| std::array::from_fn(|i| (LATENCY_BUCKETS[i] * 1e9).round() as u64))
 }
 
-/// One entry per command of the table, then one for unknown commands.
-fn table() -> &'static [Entry] {
-    static TABLE: OnceLock<Vec<Entry>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..=cmd::COMMANDS.len())
-            .map(|_| Entry {
-                calls: AtomicU64::new(0),
-                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-                sum_ns: AtomicU64::new(0),
+/// Per stripe (see [`crate::striped`]), one entry per command of the table, then one for
+/// unknown commands; rendering adds the stripes up.
+fn tables() -> &'static [Vec<Entry>] {
+    static TABLES: OnceLock<Vec<Vec<Entry>>> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        (0..STRIPES)
+            .map(|_| {
+                (0..=cmd::COMMANDS.len())
+                    .map(|_| Entry {
+                        calls: AtomicU64::new(0),
+                        buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                        sum_ns: AtomicU64::new(0),
+                    })
+                    .collect()
             })
             .collect()
     })
@@ -76,7 +88,7 @@ fn name(index: usize) -> &'static str {
 /// Counts `count` calls of command `index` (`COMMANDS.len()` or above: unknown command)
 /// that each took `latency`.
 pub fn record(index: usize, count: u64, latency: Duration) {
-    let table = table();
+    let table = &tables()[stripe()];
     let e = &table[index.min(table.len() - 1)];
     let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
     let slot = bounds_ns().partition_point(|&b| b < ns);
@@ -90,63 +102,84 @@ pub fn record(index: usize, count: u64, latency: Duration) {
 /// `dynkv_siblings_per_read` once a read has seen a value.
 pub fn render(out: &mut String) {
     render_commands(out);
-    let s = siblings();
-    let total: u64 = s.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
-    if total == 0 {
+    let mut buckets = [0u64; COUNT_BUCKETS.len() + 1];
+    let mut sum = 0u64;
+    for s in siblings() {
+        for (total, b) in buckets.iter_mut().zip(&s.buckets) {
+            *total += b.load(Ordering::Relaxed);
+        }
+        sum += s.sum.load(Ordering::Relaxed);
+    }
+    if buckets.iter().all(|&b| b == 0) {
         return;
     }
     let name = SIBLINGS_PER_READ;
     let _ = writeln!(out, "# HELP {name} {SIBLINGS_PER_READ_HELP}\n# TYPE {name} histogram");
     let mut cumulative = 0u64;
     for (b, bound) in COUNT_BUCKETS.iter().enumerate() {
-        cumulative += s.buckets[b].load(Ordering::Relaxed);
+        cumulative += buckets[b];
         let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
     }
-    cumulative += s.buckets[COUNT_BUCKETS.len()].load(Ordering::Relaxed);
+    cumulative += buckets[COUNT_BUCKETS.len()];
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let _ = writeln!(out, "{name}_sum {}", s.sum.load(Ordering::Relaxed));
+    let _ = writeln!(out, "{name}_sum {sum}");
     let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
+/// One command's counters summed over the stripes.
+struct Totals {
+    calls: u64,
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: u64,
+}
+
 fn render_commands(out: &mut String) {
-    let table = table();
-    let called: Vec<(usize, &Entry)> = table
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.calls.load(Ordering::Relaxed) > 0)
+    let tables = tables();
+    let called: Vec<(usize, Totals)> = (0..=cmd::COMMANDS.len())
+        .map(|i| {
+            let mut t = Totals {
+                calls: 0,
+                buckets: [0; LATENCY_BUCKETS.len() + 1],
+                sum_ns: 0,
+            };
+            for e in tables.iter().map(|table| &table[i]) {
+                t.calls += e.calls.load(Ordering::Relaxed);
+                for (total, b) in t.buckets.iter_mut().zip(&e.buckets) {
+                    *total += b.load(Ordering::Relaxed);
+                }
+                t.sum_ns += e.sum_ns.load(Ordering::Relaxed);
+            }
+            (i, t)
+        })
+        .filter(|(_, t)| t.calls > 0)
         .collect();
     if called.is_empty() {
         return;
     }
     let _ = writeln!(out, "# HELP {COMMANDS} {COMMANDS_HELP}\n# TYPE {COMMANDS} counter");
-    for (i, e) in &called {
-        let _ = writeln!(
-            out,
-            "{COMMANDS}{{cmd=\"{}\"}} {}",
-            name(*i),
-            e.calls.load(Ordering::Relaxed)
-        );
+    for (i, t) in &called {
+        let _ = writeln!(out, "{COMMANDS}{{cmd=\"{}\"}} {}", name(*i), t.calls);
     }
     let _ = writeln!(
         out,
         "# HELP {COMMAND_SECONDS} {COMMAND_SECONDS_HELP}\n# TYPE {COMMAND_SECONDS} histogram"
     );
-    for (i, e) in &called {
+    for (i, t) in &called {
         let cmd = name(*i);
         let mut cumulative = 0u64;
         for (b, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += e.buckets[b].load(Ordering::Relaxed);
+            cumulative += t.buckets[b];
             let _ = writeln!(
                 out,
                 "{COMMAND_SECONDS}_bucket{{cmd=\"{cmd}\",le=\"{bound}\"}} {cumulative}"
             );
         }
-        cumulative += e.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        cumulative += t.buckets[LATENCY_BUCKETS.len()];
         let _ = writeln!(
             out,
             "{COMMAND_SECONDS}_bucket{{cmd=\"{cmd}\",le=\"+Inf\"}} {cumulative}"
         );
-        let sum = e.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = t.sum_ns as f64 / 1e9;
         let _ = writeln!(out, "{COMMAND_SECONDS}_sum{{cmd=\"{cmd}\"}} {sum}");
         let _ = writeln!(out, "{COMMAND_SECONDS}_count{{cmd=\"{cmd}\"}} {cumulative}");
     }

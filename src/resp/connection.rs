@@ -238,6 +238,10 @@ async fn run(
     shutdown: &crate::shutdown::Shutdown,
 ) -> std::io::Result<()> {
     let mut arrived = Instant::now();
+    // One wait for the whole connection: registering a fresh one on every read costs
+    // shared atomics and a lock on every request.
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
     loop {
         // Run every complete request already buffered.
         let mut parsed = 0u64;
@@ -261,10 +265,9 @@ async fn run(
                 conn.drain(client.proto).await?;
             }
             conn.queued = class;
-            let node = conn.node.clone();
             let outcome = cmd::run(
                 Ctx {
-                    node: &node,
+                    node: &conn.node,
                     client: &mut *client,
                     args,
                     routed: false,
@@ -302,7 +305,7 @@ async fn run(
         rbuf.reserve(parser.hint_needed().max(4096));
         let n = tokio::select! {
             r = conn.socket.read_buf(rbuf) => r?,
-            _ = shutdown.wait() => return Ok(()),
+            _ = &mut stop => return Ok(()),
         };
         if n == 0 {
             return Ok(());

@@ -1,25 +1,33 @@
 //! The LMDB store: the only module that imports `heed`. Must not know about commands,
 //! replicas or the network: it reads and writes sibling sets under user keys.
 //!
-//! Reads run on the caller's thread in short read transactions. Writes go to one writer
-//! thread ([`writer`]) that batches concurrent writes into one transaction (group commit)
-//! and acknowledges each only after its transaction committed under the fsync setting.
+//! Reads run on the caller's thread in short read transactions. Writes go to a writer
+//! ([`writer`]) that batches concurrent writes into one transaction (group commit) and
+//! acknowledges each only after its transaction committed under the fsync setting.
+//!
+//! With `fsync = always` there is one writer, on a thread of its own: every commit waits
+//! for the disk, so all writes of the node should share it. Otherwise each client thread
+//! (a single-threaded runtime, see `resp::listener`) gets a writer task of its own for the
+//! writes submitted there, so a write never crosses threads; their transactions take
+//! turns on one lock (LMDB has one write transaction at a time anyway). Writes from
+//! elsewhere (background tasks, internode requests) go to the node-wide writer.
 
 mod keys;
 mod record;
 pub mod tree;
 mod writer;
 
+use std::cell::RefCell;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use heed::types::Bytes as RawBytes;
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, WithTls};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Fsync;
@@ -58,7 +66,7 @@ pub struct StoreStats {
 }
 
 pub(crate) struct Inner {
-    env: Env<WithoutTls>,
+    env: Env<WithTls>,
     data: Database<RawBytes, RawBytes>,
     meta: Database<RawBytes, RawBytes>,
     /// Hints: which records this node holds for owners that were down (`lmdb key | owner`).
@@ -70,11 +78,83 @@ pub(crate) struct Inner {
     tree_ready_below: AtomicU32,
     /// Shared by read transactions, taken exclusively to resize the map (LMDB requires
     /// that no transaction be open in the process during a resize).
-    gate: RwLock<()>,
+    gate: crate::striped::Gate,
+    /// Held by a writer for a whole batch, map growth included, and by every other write
+    /// transaction: a resize must never meet another thread's open write transaction.
+    write_lock: WriteTurn,
     map_size: AtomicUsize,
     stats: StoreStats,
     closed: AtomicBool,
+    /// Distinguishes stores in the per-thread writer table (addresses can be reused).
+    id: u64,
+    /// Whether client threads get writers of their own (not with `fsync = always`).
+    local_writers: bool,
+    /// Every per-thread writer's queue, so `close` can stop them all.
+    locals: Mutex<Vec<mpsc::Sender<WriteOp>>>,
 }
+
+/// The write lock, with a wake-up for writer tasks waiting their turn without blocking
+/// their thread (which meanwhile serves its other connections).
+#[derive(Default)]
+pub(crate) struct WriteTurn {
+    lock: Mutex<()>,
+    released: tokio::sync::Notify,
+}
+
+/// A held [`WriteTurn`]; dropping it wakes the writer tasks waiting.
+pub(crate) struct Turn<'a> {
+    guard: Option<std::sync::MutexGuard<'a, ()>>,
+    released: &'a tokio::sync::Notify,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.released.notify_waiters();
+    }
+}
+
+impl WriteTurn {
+    /// Waits for the lock by blocking this thread (writer thread, rare metadata writes).
+    pub(crate) fn blocking(&self) -> Turn<'_> {
+        Turn {
+            guard: Some(self.lock.lock().unwrap_or_else(|p| p.into_inner())),
+            released: &self.released,
+        }
+    }
+
+    fn try_turn(&self) -> Option<Turn<'_>> {
+        let guard = match self.lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Turn {
+            guard: Some(guard),
+            released: &self.released,
+        })
+    }
+
+    /// Waits for the lock as a task: the thread runs other tasks meanwhile.
+    pub(crate) async fn turn(&self) -> Turn<'_> {
+        loop {
+            // Created before trying, so a release in between still wakes us.
+            let released = self.released.notified();
+            if let Some(turn) = self.try_turn() {
+                return turn;
+            }
+            released.await;
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's writers, by store id (see the module docs).
+    static LOCAL_WRITERS: RefCell<Vec<(u64, mpsc::Sender<WriteOp>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Queue depth of each writer.
+const WRITER_QUEUE: usize = 4096;
 
 /// A handle on the node's LMDB environment; cheap to clone.
 #[derive(Clone)]
@@ -117,7 +197,7 @@ impl Store {
                 map_size *= 2;
             }
         }
-        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+        let mut opts = EnvOpenOptions::new();
         opts.map_size(map_size).max_dbs(8).max_readers(4096);
         if fsync != Fsync::Always {
             // SAFETY: NO_SYNC only weakens durability, as the `fsync` setting asks; LMDB
@@ -159,12 +239,19 @@ impl Store {
             hints,
             trees,
             tree_ready_below: AtomicU32::new(ready),
-            gate: RwLock::new(()),
+            gate: crate::striped::Gate::default(),
+            write_lock: WriteTurn::default(),
             map_size: AtomicUsize::new(map_size),
             stats: StoreStats::default(),
             closed: AtomicBool::new(false),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
+            local_writers: fsync != Fsync::Always,
+            locals: Mutex::new(Vec::new()),
         });
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let mut threads = Vec::new();
         let w = inner.clone();
         match tokio::runtime::Handle::try_current() {
@@ -245,6 +332,7 @@ impl Store {
     /// Stores a metadata value durably, in its own transaction (metadata changes are rare;
     /// LMDB serializes this transaction with the writer's).
     pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let _turn = self.inner.write_lock.blocking();
         let mut wtxn = self.inner.env.write_txn()?;
         self.inner.meta.put(&mut wtxn, key, value)?;
         wtxn.commit()?;
@@ -257,8 +345,8 @@ impl Store {
         &self.inner.stats
     }
 
-    fn read<T>(&self, f: impl FnOnce(&heed::RoTxn<'_, WithoutTls>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let _gate = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+    fn read<T>(&self, f: impl FnOnce(&heed::RoTxn<'_, WithTls>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _gate = self.inner.gate.read();
         let rtxn = self.inner.env.read_txn()?;
         f(&rtxn)
     }
@@ -386,10 +474,7 @@ impl Store {
             changes
         });
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(WriteOp::Update { keys, apply, done })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.send(WriteOp::Update { keys, apply, done }).await?;
         Ok(Committed { wait, slot })
     }
 
@@ -529,21 +614,72 @@ impl Store {
     /// Removes every record, durably.
     pub async fn clear(&self) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(WriteOp::Clear { done })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        // Through this thread's writer like the caller's other writes, so a pipelined
+        // FLUSHALL and the writes after it commit in the order they were sent.
+        self.send(WriteOp::Clear { done }).await?;
         wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a write operation on this thread's writer (see the module docs).
+    async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
+        let op = match self.local_writer() {
+            Some(local) => match local.send(op).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(op)) => {
+                    // Its runtime is gone (a test's, say): forget it, use the node-wide one.
+                    LOCAL_WRITERS.with(|w| w.borrow_mut().retain(|(id, _)| *id != self.inner.id));
+                    op
+                }
+            },
+            None => op,
+        };
+        self.tx.send(op).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// This thread's writer, started on first use when the thread runs a single-threaded
+    /// runtime (a client thread); `None` means the node-wide writer.
+    fn local_writer(&self) -> Option<mpsc::Sender<WriteOp>> {
+        let id = self.inner.id;
+        if !self.inner.local_writers {
+            return None;
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            LOCAL_WRITERS.with(|w| w.borrow_mut().retain(|(i, _)| *i != id));
+            return None;
+        }
+        if let Some(tx) = LOCAL_WRITERS.with(|w| w.borrow().iter().find(|(i, _)| *i == id).map(|(_, tx)| tx.clone())) {
+            return Some(tx);
+        }
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let mut locals = self.inner.locals.lock().unwrap_or_else(|p| p.into_inner());
+        if self.inner.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        locals.push(tx.clone());
+        drop(locals);
+        rt.spawn(writer::run_task(self.inner.clone(), rx));
+        LOCAL_WRITERS.with(|w| w.borrow_mut().push((id, tx.clone())));
+        Some(tx)
     }
 
     /// Finishes queued writes, stops the writer, and syncs the environment to disk.
     /// Later writes fail with [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(WriteOp::Close { done }).await.is_ok() {
-            let _ = wait.await;
+        let locals = {
+            let mut l = self.inner.locals.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *l)
+        };
+        for tx in locals.iter().chain(std::iter::once(&self.tx)) {
+            let (done, wait) = oneshot::channel();
+            if tx.send(WriteOp::Close { done }).await.is_ok() {
+                let _ = wait.await;
+            }
         }
-        self.inner.closed.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -18,7 +18,7 @@
 use std::ops::Bound;
 
 use heed::types::Bytes as RawBytes;
-use heed::{Database, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, RoTxn, RwTxn, WithTls};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Version of the tree layout and record hash; a store built with another is rebuilt.
@@ -150,7 +150,7 @@ pub fn rebuild_partition(data: &Db, trees: &Db, wtxn: &mut RwTxn<'_>, partition:
 }
 
 /// Every non-zero partition root, in partition order.
-pub fn roots(trees: &Db, rtxn: &RoTxn<'_, WithoutTls>) -> Result<Vec<(u16, u128)>, heed::Error> {
+pub fn roots(trees: &Db, rtxn: &RoTxn<'_, WithTls>) -> Result<Vec<(u16, u128)>, heed::Error> {
     let mut out = Vec::new();
     for entry in trees.prefix_iter(rtxn, &[ROOT])? {
         let (k, v) = entry?;
@@ -162,7 +162,7 @@ pub fn roots(trees: &Db, rtxn: &RoTxn<'_, WithoutTls>) -> Result<Vec<(u16, u128)
 }
 
 /// The non-zero leaves of one partition, in leaf order.
-pub fn leaves(trees: &Db, rtxn: &RoTxn<'_, WithoutTls>, partition: u16) -> Result<Vec<(u8, u128)>, heed::Error> {
+pub fn leaves(trees: &Db, rtxn: &RoTxn<'_, WithTls>, partition: u16) -> Result<Vec<(u8, u128)>, heed::Error> {
     let p = partition.to_be_bytes();
     let mut out = Vec::new();
     for entry in trees.prefix_iter(rtxn, &[LEAF, p[0], p[1]])? {
@@ -177,7 +177,7 @@ pub fn leaves(trees: &Db, rtxn: &RoTxn<'_, WithoutTls>, partition: u16) -> Resul
 /// The records of one leaf: each LMDB key with its contribution, in key order.
 pub fn leaf_records(
     data: &Db,
-    rtxn: &RoTxn<'_, WithoutTls>,
+    rtxn: &RoTxn<'_, WithTls>,
     partition: u16,
     leaf: u8,
 ) -> Result<Vec<(Vec<u8>, u128)>, heed::Error> {

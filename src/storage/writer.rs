@@ -1,5 +1,6 @@
-//! The single writer thread: group commit. Must not be called from anywhere but
-//! [`super::Store`]; it owns the only LMDB write transaction of the process.
+//! A writer: group commit. Must not be called from anywhere but [`super::Store`]; a
+//! writer holds the store's write lock for each batch, so its transaction is the only
+//! LMDB write transaction of the process meanwhile.
 //!
 //! It takes one queued operation, then every other already queued (up to a bound), applies
 //! them in order in one transaction (each sees the ones before it), commits once, and only
@@ -12,7 +13,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Inner, keys, record, tree};
+use super::{Inner, Turn, keys, record, tree};
 use crate::error::StoreError;
 use crate::version::SiblingSet;
 
@@ -100,7 +101,8 @@ pub(crate) fn run_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.blocking_recv() {
         batch.push(op);
-        if finish_batch(&inner, &mut rx, &mut batch) {
+        let turn = inner.write_lock.blocking();
+        if finish_batch(&inner, &mut rx, &mut batch, turn) {
             return;
         }
     }
@@ -115,21 +117,25 @@ pub(crate) async fn run_task(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>)
         batch.push(op);
         // Let the other ready connections queue their writes into this batch.
         tokio::task::yield_now().await;
-        if finish_batch(&inner, &mut rx, &mut batch) {
+        let turn = inner.write_lock.turn().await;
+        if finish_batch(&inner, &mut rx, &mut batch, turn) {
             return;
         }
     }
 }
 
-/// Adds what is already queued to `batch` and commits it; true when the writer must stop.
-fn finish_batch(inner: &Inner, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) -> bool {
+/// Adds what is already queued to `batch` and commits it, holding the write lock `turn`;
+/// true when the writer must stop.
+fn finish_batch(inner: &Inner, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>, turn: Turn<'_>) -> bool {
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(op) => batch.push(op),
             Err(_) => break,
         }
     }
-    match commit_batch(inner, batch) {
+    let close = commit_batch(inner, batch);
+    drop(turn);
+    match close {
         Some(done) => {
             let _ = done.send(());
             true
@@ -376,7 +382,7 @@ fn old_hash(inner: &Inner, wtxn: &heed::RwTxn<'_>, k: &[u8]) -> Result<u128, hee
 /// Doubles the map. Waits for every read transaction to end (LMDB requires that none be
 /// open) by taking the read gate exclusively.
 fn grow(inner: &Inner) -> Result<(), StoreError> {
-    let _gate = inner.gate.write().unwrap_or_else(|p| p.into_inner());
+    let _gate = inner.gate.write();
     let new_size = inner.map_size.load(Ordering::Acquire).saturating_mul(2);
     if new_size > MAX_MAP_SIZE {
         return Err(StoreError::DiskFull);
