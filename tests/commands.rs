@@ -1064,3 +1064,54 @@ fn scan_with_concurrent_writes() {
         "SCAN under concurrent writes missed stable keys, e.g. {missing:?}"
     );
 }
+
+/// With `fsync no` each client thread commits its own connections' writes. A pipeline's
+/// writes still apply in the order sent (a FLUSHALL between them included), and writes
+/// from connections spread over the threads all land.
+#[test]
+fn writes_keep_their_order_and_all_land_on_every_client_thread() {
+    let s = Server::start(&["--fsync", "no", "--threads", "2"]);
+    let mut cons: Vec<Connection> = (0..4).map(|_| s.client()).collect();
+    for (i, c) in cons.iter_mut().enumerate() {
+        let mut p = redis::pipe();
+        p.cmd("SET").arg(format!("before{i}")).arg("x");
+        p.cmd("FLUSHALL");
+        p.cmd("SET").arg(format!("after{i}")).arg("y");
+        p.cmd("GET").arg(format!("before{i}"));
+        p.cmd("GET").arg(format!("after{i}"));
+        let (_, _, _, before, after): (String, String, String, Option<String>, Option<String>) =
+            p.query(c).expect("pipeline");
+        assert_eq!(before, None, "connection {i}: a write sent before FLUSHALL survived it");
+        assert_eq!(
+            after.as_deref(),
+            Some("y"),
+            "connection {i}: a write sent after FLUSHALL was lost"
+        );
+    }
+    ok(&mut cons[0], &["FLUSHALL"]);
+    let writers: Vec<_> = cons
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || {
+                for chunk in 0..10 {
+                    let mut p = redis::pipe();
+                    for j in 0..50 {
+                        p.cmd("SET").arg(format!("w{i}:{}", chunk * 50 + j)).arg(j).ignore();
+                    }
+                    p.query::<()>(&mut c).expect("pipelined SETs");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let mut c = s.client();
+    assert_eq!(qi(&mut c, &["DBSIZE"]), 4 * 500);
+    for i in 0..4 {
+        for k in [0, 249, 499] {
+            assert_eq!(qs(&mut c, &["GET", &format!("w{i}:{k}")]), Some((k % 50).to_string()));
+        }
+    }
+}

@@ -586,13 +586,23 @@ impl Coordinator {
     }
 
     /// [`Coordinator::submit`] over several keys, decided together atomically on this node.
-    pub async fn submit_many<T, F>(&self, keys: Vec<Bytes>, blind: bool, decide: F) -> Result<Pending<T>, CoordError>
+    pub async fn submit_many<T, F>(
+        &self,
+        mut keys: Vec<Bytes>,
+        blind: bool,
+        decide: F,
+    ) -> Result<Pending<T>, CoordError>
     where
         T: Send + 'static,
         F: FnOnce(&[Option<SiblingSet>], u64) -> (Vec<Decision>, T) + Send + 'static,
     {
         let replicated = self.cluster.is_some() && self.quorum().n > 1;
-        let placements: Vec<Placed> = keys.iter().map(|k| self.placed(k)).collect();
+        // A single node places every key on itself and holds no hints: nothing to compute.
+        let placements: Vec<Placed> = if self.cluster.is_some() {
+            keys.iter().map(|k| self.placed(k)).collect()
+        } else {
+            Vec::new()
+        };
         if replicated && !blind {
             for (k, placed) in keys.iter().zip(&placements) {
                 if placed.nodes.iter().all(|r| *r == self.node_id) {
@@ -606,9 +616,14 @@ impl Coordinator {
         }
         let node = self.node_id;
         let my_hints: Vec<Option<NodeId>> = placements.iter().map(|p| p.owner_for(node)).collect();
+        let store_keys = if replicated {
+            keys.clone()
+        } else {
+            std::mem::take(&mut keys)
+        };
         let committed = self
             .store
-            .submit_many(keys.clone(), move |sets| {
+            .submit_many(store_keys, move |sets| {
                 let now = clock::now_ms();
                 let (decisions, t) = decide(&sets, now);
                 let mut written = Vec::new();

@@ -622,6 +622,19 @@ impl Store {
 
     /// Queues a write operation on this thread's writer (see the module docs).
     async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
+        // The usual case, without cloning the queue's handle: this thread's writer exists
+        // and has room.
+        let id = self.inner.id;
+        let op = LOCAL_WRITERS.with(|w| match w.borrow().iter().find(|(i, _)| *i == id) {
+            Some((_, tx)) if !self.inner.closed.load(Ordering::Acquire) => match tx.try_send(op) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) => Some(op),
+            },
+            _ => Some(op),
+        });
+        let Some(op) = op else {
+            return Ok(());
+        };
         let op = match self.local_writer() {
             Some(local) => match local.send(op).await {
                 Ok(()) => return Ok(()),

@@ -195,26 +195,38 @@ fn apply_all(
                 acks.push(done);
                 let from = log.len();
                 log.push(Logged::Clear);
-                txn = replay_on_full(inner, txn, &log, from)?;
+                txn = replay_on_full(inner, txn, &log, from, None)?;
             }
             WriteOp::RebuildTree { from: first, to, done } => {
                 acks.push(done);
                 let from = log.len();
                 log.extend((first..to).map(Logged::RebuildTree));
-                txn = replay_on_full(inner, txn, &log, from)?;
+                txn = replay_on_full(inner, txn, &log, from, None)?;
             }
             WriteOp::Update { keys: ks, apply, done } => {
                 let mut lkeys = Vec::with_capacity(ks.len());
                 let mut sets = Vec::with_capacity(ks.len());
                 let mut failed = None;
+                // The tree contribution of a one-key operation's current record, taken
+                // from the read the decision needs, so the put does not read it again.
+                // (With several keys, one may repeat and then its second read is stale.)
+                let mut read_hash = None;
                 for k in &ks {
                     let lk = keys::encode(k);
                     match inner.data.get(&txn.wtxn, &lk) {
                         Ok(Some(bytes)) => match record::decode(bytes) {
-                            Ok((_, set)) => sets.push(Some(set)),
+                            Ok((_, set)) => {
+                                if ks.len() == 1 {
+                                    read_hash = Some(tree::record_hash(&lk, bytes));
+                                }
+                                sets.push(Some(set));
+                            }
                             Err(e) => failed = Some(e),
                         },
-                        Ok(None) => sets.push(None),
+                        Ok(None) => {
+                            read_hash = Some(0);
+                            sets.push(None);
+                        }
                         Err(e) => failed = Some(e.into()),
                     }
                     lkeys.push(lk);
@@ -228,9 +240,13 @@ fn apply_all(
                 for ((k, lk), change) in ks.iter().zip(lkeys).zip(changes) {
                     let from = log.len();
                     let full = keys::needs_full_key(k).then_some(&k[..]);
+                    let mut known_old = None;
                     match change {
                         Change::Keep => continue,
-                        Change::Put(set) => log.push(Logged::Put(lk, record::encode(full, &set))),
+                        Change::Put(set) => {
+                            known_old = read_hash.filter(|_| ks.len() == 1);
+                            log.push(Logged::Put(lk, record::encode(full, &set)));
+                        }
                         Change::PutHinted(set, owners) => {
                             for owner in owners {
                                 log.push(Logged::PutHint(hint_key(&lk, owner)));
@@ -249,7 +265,7 @@ fn apply_all(
                         }
                     }
                     inner.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    txn = replay_on_full(inner, txn, &log, from)?;
+                    txn = replay_on_full(inner, txn, &log, from, known_old)?;
                 }
                 acks.push(done);
             }
@@ -282,10 +298,17 @@ fn apply_all(
 }
 
 /// Applies the logged changes from index `from` on; if the map is full, grows it and
-/// replays the whole log.
-fn replay_on_full<'e>(inner: &'e Inner, mut txn: Txn<'e>, log: &[Logged], from: usize) -> Result<Txn<'e>, StoreError> {
-    for l in &log[from..] {
-        match apply_logged(inner, &mut txn, l) {
+/// replays the whole log. `known_old`: the tree contribution of the record the first of
+/// them replaces, when the caller has just read it in this transaction.
+fn replay_on_full<'e>(
+    inner: &'e Inner,
+    mut txn: Txn<'e>,
+    log: &[Logged],
+    from: usize,
+    known_old: Option<u128>,
+) -> Result<Txn<'e>, StoreError> {
+    for (i, l) in log[from..].iter().enumerate() {
+        match apply_logged(inner, &mut txn, l, known_old.filter(|_| i == 0)) {
             Ok(()) => {}
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
                 txn.wtxn.abort();
@@ -322,7 +345,7 @@ fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<Txn<'e>, Stor
         grow(inner)?;
         let mut txn = Txn::begin(inner)?;
         for l in log {
-            match apply_logged(inner, &mut txn, l) {
+            match apply_logged(inner, &mut txn, l, None) {
                 Ok(()) => {}
                 Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
                     txn.wtxn.abort();
@@ -337,12 +360,15 @@ fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<Txn<'e>, Stor
 
 /// Applies one change; a record's change moves its anti-entropy tree in the same
 /// transaction (the old contribution is read from the transaction itself, so a replay
-/// after the map grew computes the same tree).
-fn apply_logged(inner: &Inner, txn: &mut Txn<'_>, l: &Logged) -> Result<(), heed::Error> {
+/// after the map grew computes the same tree, unless the caller has just read it: `known_old`).
+fn apply_logged(inner: &Inner, txn: &mut Txn<'_>, l: &Logged, known_old: Option<u128>) -> Result<(), heed::Error> {
     let Txn { wtxn, deltas } = txn;
     match l {
         Logged::Put(k, v) => {
-            let old = old_hash(inner, wtxn, k)?;
+            let old = match known_old {
+                Some(h) => h,
+                None => old_hash(inner, wtxn, k)?,
+            };
             inner.data.put(wtxn, k, v)?;
             deltas.add(k, old ^ tree::record_hash(k, v));
             Ok(())
