@@ -470,6 +470,26 @@ impl Coordinator {
         self.quorum_read(Bytes::copy_from_slice(key), placed).await
     }
 
+    /// [`Coordinator::read`] reduced to what a plain read answers: the live winner at
+    /// `now_ms` and the number of live siblings (0 for a missing key). A key kept only
+    /// here is decoded no further than that.
+    pub async fn read_winner(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<(Option<crate::version::Sibling>, usize), CoordError> {
+        let placed = match &self.cluster {
+            Some(_) => self.placed(key),
+            None => return Ok(self.store.get_winner(key, now_ms)?.unwrap_or((None, 0))),
+        };
+        if placed.nodes == [self.node_id] {
+            return Ok(self.store.get_winner(key, now_ms)?.unwrap_or((None, 0)));
+        }
+        let set = self.quorum_read(Bytes::copy_from_slice(key), placed).await?;
+        let live = set.as_ref().map_or(0, |s| s.live(now_ms).count());
+        Ok((set.and_then(|s| s.into_winner(now_ms)), live))
+    }
+
     async fn quorum_read(&self, key: Bytes, placed: Placed) -> Result<Option<SiblingSet>, CoordError> {
         let q = self.quorum();
         let timeout = self.cluster.as_ref().map_or(Duration::from_secs(1), |c| c.timeout);

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Fsync;
 use crate::error::StoreError;
 use crate::ring::PARTITIONS;
-use crate::version::SiblingSet;
+use crate::version::{Sibling, SiblingSet};
 
 pub use keys::INLINE_MAX;
 pub use writer::Change;
@@ -357,6 +357,16 @@ impl Store {
         let lkey = keys::StackKey::new(key);
         self.read(|rtxn| match self.inner.data.get(rtxn, lkey.as_slice())? {
             Some(bytes) => Ok(Some(record::decode(bytes)?.1)),
+            None => Ok(None),
+        })
+    }
+
+    /// The live winner of `key` at `now_ms` and how many siblings are live, decoding only
+    /// what a plain read needs; `None` when the key has no record.
+    pub fn get_winner(&self, key: &[u8], now_ms: u64) -> Result<Option<(Option<Sibling>, usize)>, StoreError> {
+        let lkey = keys::StackKey::new(key);
+        self.read(|rtxn| match self.inner.data.get(rtxn, lkey.as_slice())? {
+            Some(bytes) => Ok(Some(record::skim(bytes, now_ms)?)),
             None => Ok(None),
         })
     }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::error::StoreError;
-use crate::version::SiblingSet;
+use crate::version::{Sibling, SiblingSet};
 
 /// Version of the record envelope; bump when the layout changes, keep reading old ones.
 pub const RECORD_FORMAT: u8 = 1;
@@ -28,6 +28,20 @@ pub fn encode(full_key: Option<&[u8]>, set: &SiblingSet) -> Vec<u8> {
 
 /// Decodes a record into its full key (when stored) and sibling set.
 pub fn decode(bytes: &[u8]) -> Result<(Option<Bytes>, SiblingSet), StoreError> {
+    let (key, rest) = envelope(bytes)?;
+    let set = SiblingSet::decode(rest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((key.map(Bytes::copy_from_slice), set))
+}
+
+/// A record's live winner and live sibling count at `now_ms`, without building its set
+/// (see [`crate::version::skim_winner`]).
+pub fn skim(bytes: &[u8], now_ms: u64) -> Result<(Option<Sibling>, usize), StoreError> {
+    let (_, rest) = envelope(bytes)?;
+    crate::version::skim_winner(rest, now_ms).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Splits a record into its full key (when stored) and the encoded sibling set.
+fn envelope(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), StoreError> {
     let corrupt = |m: &str| StoreError::Corrupt(m.to_string());
     let (&format, rest) = bytes.split_first().ok_or_else(|| corrupt("empty record"))?;
     if format != RECORD_FORMAT {
@@ -46,9 +60,8 @@ pub fn decode(bytes: &[u8]) -> Result<(Option<Bytes>, SiblingSet), StoreError> {
         if rest.len() < len {
             return Err(corrupt("truncated key"));
         }
-        key = Some(Bytes::copy_from_slice(&rest[..len]));
+        key = Some(&rest[..len]);
         rest = &rest[len..];
     }
-    let set = SiblingSet::decode(rest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok((key, set))
+    Ok((key, rest))
 }

@@ -315,59 +315,152 @@ impl SiblingSet {
     }
 }
 
-/// Shared decoder; `value` turns a validated in-bounds byte range of the
-/// input into an owned value.
-fn decode_with(bytes: &[u8], value: impl Fn(std::ops::Range<usize>) -> Bytes) -> Result<SiblingSet, DecodeError> {
-    let mut r = Reader::new(bytes);
+/// One sibling's fields as encoded, its value given as a range of the input.
+struct Header {
+    dot: Dot,
+    written_at_ms: u64,
+    expires_at_ms: Option<u64>,
+    tombstone: bool,
+    value: std::ops::Range<usize>,
+}
+
+/// Reads one sibling and checks every rule that does not need the context: counter,
+/// order after `prev`, flags, tombstone without value, length in bounds.
+fn sibling(r: &mut Reader<'_>, prev: &mut Option<Dot>) -> Result<Header, DecodeError> {
+    let dot = Dot {
+        node: r.varint()?,
+        counter: r.varint()?,
+    };
+    if dot.counter == 0 {
+        return Err(DecodeError::ZeroCounter);
+    }
+    if prev.is_some_and(|p| p >= dot) {
+        return Err(DecodeError::UnsortedDots);
+    }
+    *prev = Some(dot);
+    let written_at_ms = r.varint()?;
+    let flags = r.u8()?;
+    if flags & !(FLAG_TOMBSTONE | FLAG_HAS_EXPIRY) != 0 {
+        return Err(DecodeError::InvalidFlags(flags));
+    }
+    let tombstone = flags & FLAG_TOMBSTONE != 0;
+    let expires_at_ms = if flags & FLAG_HAS_EXPIRY != 0 {
+        Some(r.varint()?)
+    } else {
+        None
+    };
+    let len = r.varint()?;
+    if tombstone && len != 0 {
+        return Err(DecodeError::TombstoneWithValue);
+    }
+    let value = r.take(len)?;
+    Ok(Header {
+        dot,
+        written_at_ms,
+        expires_at_ms,
+        tombstone,
+        value,
+    })
+}
+
+/// Reads the version byte.
+fn version(r: &mut Reader<'_>) -> Result<(), DecodeError> {
     let version = r.u8().map_err(|_| DecodeError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
+    Ok(())
+}
+
+/// Shared decoder; `value` turns a validated in-bounds byte range of the
+/// input into an owned value.
+fn decode_with(bytes: &[u8], value: impl Fn(std::ops::Range<usize>) -> Bytes) -> Result<SiblingSet, DecodeError> {
+    let mut r = Reader::new(bytes);
+    version(&mut r)?;
     let context = VersionVector::decode_entries(&mut r)?;
     let count = r.count(MIN_SIBLING_BYTES)?;
     let mut siblings = Vec::with_capacity(count);
     let mut prev: Option<Dot> = None;
     for _ in 0..count {
-        let dot = Dot {
-            node: r.varint()?,
-            counter: r.varint()?,
-        };
-        if dot.counter == 0 {
-            return Err(DecodeError::ZeroCounter);
-        }
-        if prev.is_some_and(|p| p >= dot) {
-            return Err(DecodeError::UnsortedDots);
-        }
-        prev = Some(dot);
-        if !context.covers(dot) {
+        let h = sibling(&mut r, &mut prev)?;
+        if !context.covers(h.dot) {
             return Err(DecodeError::DotNotCovered);
         }
-        let written_at_ms = r.varint()?;
-        let flags = r.u8()?;
-        if flags & !(FLAG_TOMBSTONE | FLAG_HAS_EXPIRY) != 0 {
-            return Err(DecodeError::InvalidFlags(flags));
-        }
-        let tombstone = flags & FLAG_TOMBSTONE != 0;
-        let expires_at_ms = if flags & FLAG_HAS_EXPIRY != 0 {
-            Some(r.varint()?)
-        } else {
-            None
-        };
-        let len = r.varint()?;
-        if tombstone && len != 0 {
-            return Err(DecodeError::TombstoneWithValue);
-        }
-        let range = r.take(len)?;
         siblings.push(Sibling {
-            dot,
-            written_at_ms,
-            expires_at_ms,
-            tombstone,
-            value: value(range),
+            dot: h.dot,
+            written_at_ms: h.written_at_ms,
+            expires_at_ms: h.expires_at_ms,
+            tombstone: h.tombstone,
+            value: value(h.value),
         });
     }
     r.finish()?;
     Ok(SiblingSet::from_validated_parts(context, siblings))
+}
+
+/// Context entries [`skim_winner`] keeps on the stack; a larger context takes the full decode.
+const SKIM_CONTEXT: usize = 16;
+
+/// What a plain read needs of an encoded set, without building it: the
+/// [`SiblingSet::winner`] at `now_ms` (its value copied out, nothing else) and how many
+/// siblings are live. Accepts and rejects exactly the inputs [`SiblingSet::decode`] does.
+///
+/// # Errors
+///
+/// As [`SiblingSet::decode`].
+pub fn skim_winner(bytes: &[u8], now_ms: u64) -> Result<(Option<Sibling>, usize), DecodeError> {
+    let mut r = Reader::new(bytes);
+    version(&mut r)?;
+    let entries = r.count(MIN_ENTRY_BYTES)?;
+    if entries > SKIM_CONTEXT {
+        let set = SiblingSet::decode(bytes)?;
+        let live = set.live(now_ms).count();
+        return Ok((set.into_winner(now_ms), live));
+    }
+    let mut context = [(0u64, 0u64); SKIM_CONTEXT];
+    for i in 0..entries {
+        let node = r.varint()?;
+        let counter = r.varint()?;
+        if counter == 0 {
+            return Err(DecodeError::ZeroCounter);
+        }
+        if i > 0 && context[i - 1].0 >= node {
+            return Err(DecodeError::UnsortedNodes);
+        }
+        context[i] = (node, counter);
+    }
+    let context = &context[..entries];
+    let count = r.count(MIN_SIBLING_BYTES)?;
+    let mut prev: Option<Dot> = None;
+    let mut best: Option<Header> = None;
+    let mut live = 0;
+    for _ in 0..count {
+        let h = sibling(&mut r, &mut prev)?;
+        let covered = context
+            .iter()
+            .any(|&(node, counter)| node == h.dot.node && h.dot.counter <= counter);
+        if !covered {
+            return Err(DecodeError::DotNotCovered);
+        }
+        if !h.tombstone && h.expires_at_ms.is_none_or(|exp| exp > now_ms) {
+            live += 1;
+            if best
+                .as_ref()
+                .is_none_or(|b| (h.written_at_ms, h.dot) > (b.written_at_ms, b.dot))
+            {
+                best = Some(h);
+            }
+        }
+    }
+    r.finish()?;
+    let winner = best.map(|h| Sibling {
+        dot: h.dot,
+        written_at_ms: h.written_at_ms,
+        expires_at_ms: h.expires_at_ms,
+        tombstone: false,
+        value: Bytes::copy_from_slice(&bytes[h.value]),
+    });
+    Ok((winner, live))
 }
 
 #[cfg(test)]

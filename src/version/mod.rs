@@ -28,6 +28,6 @@ mod codec;
 mod sibling_set;
 mod vector;
 
-pub use codec::{DecodeError, FORMAT_VERSION};
+pub use codec::{DecodeError, FORMAT_VERSION, skim_winner};
 pub use sibling_set::{NewSibling, Sibling, SiblingSet};
 pub use vector::{ContextError, Dot, NodeId, VersionVector};

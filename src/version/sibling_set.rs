@@ -663,6 +663,34 @@ mod tests {
         }
 
         #[test]
+        fn prop_skim_agrees_with_decode(ops in arb_ops(), t in 0..120u64, flip in any::<(usize, u8)>(), cut in any::<usize>()) {
+            let h = run(&ops);
+            for snap in &h.snapshots {
+                let mut bytes = Vec::new();
+                snap.encode(&mut bytes);
+                let (winner, live) = crate::version::skim_winner(&bytes, t).expect("a valid encoding skims");
+                prop_assert_eq!(winner.as_ref(), snap.winner(t));
+                prop_assert_eq!(live, snap.live(t).count());
+                // Damaged encodings: skim accepts and rejects exactly what decode does.
+                let mut flipped = bytes.clone();
+                let at = flip.0 % flipped.len();
+                flipped[at] ^= flip.1.max(1);
+                let truncated = &bytes[..cut % bytes.len()];
+                for damaged in [&flipped[..], truncated] {
+                    let skimmed = crate::version::skim_winner(damaged, t);
+                    match SiblingSet::decode(damaged) {
+                        Ok(set) => {
+                            let (w, l) = skimmed.expect("decode accepted it");
+                            prop_assert_eq!(w.as_ref(), set.winner(t));
+                            prop_assert_eq!(l, set.live(t).count());
+                        }
+                        Err(e) => prop_assert_eq!(skimmed.err(), Some(e)),
+                    }
+                }
+            }
+        }
+
+        #[test]
         fn prop_merge_laws(ops in arb_ops(), i in any::<usize>(), j in any::<usize>(), k in any::<usize>()) {
             let h = run(&ops);
             let n = h.snapshots.len();

@@ -28,22 +28,13 @@ where
     }
 }
 
-/// Counts the live siblings a read saw (0 for a missing key is not recorded).
-fn record_siblings(set: Option<&SiblingSet>, now: u64) {
-    if let Some(s) = set {
-        let n = s.live(now).count();
-        if n > 0 {
-            crate::metrics::commands::record_siblings(n as u64);
-        }
-    }
-}
-
 /// Reads a key's live value.
 pub async fn read_value(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Sibling>, Reply> {
-    let set = ctx.node.coord.read(key).await.map_err(coord_error)?;
     let now = crate::clock::now_ms();
-    record_siblings(set.as_ref(), now);
-    let v = set.and_then(|s| s.into_winner(now));
+    let (v, live) = ctx.node.coord.read_winner(key, now).await.map_err(coord_error)?;
+    if live > 0 {
+        crate::metrics::commands::record_siblings(live as u64);
+    }
     let counter = if v.is_some() {
         &ctx.node.stats.keyspace_hits
     } else {
@@ -60,9 +51,15 @@ pub async fn get(ctx: &mut Ctx<'_>) -> Outcome {
     if ctx.node.coord.cluster().is_some() && ctx.node.coord.replicas(&key).len() > 1 {
         let node = ctx.node.clone();
         let task = tokio::spawn(async move {
-            let set = node.coord.read(&key).await.map_err(coord_error)?;
-            record_siblings(set.as_ref(), crate::clock::now_ms());
-            let v = live(set.as_ref(), crate::clock::now_ms()).map(|s| s.value.clone());
+            let (v, live) = node
+                .coord
+                .read_winner(&key, crate::clock::now_ms())
+                .await
+                .map_err(coord_error)?;
+            if live > 0 {
+                crate::metrics::commands::record_siblings(live as u64);
+            }
+            let v = v.map(|s| s.value);
             let counter = if v.is_some() {
                 &node.stats.keyspace_hits
             } else {
