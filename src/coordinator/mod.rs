@@ -643,8 +643,8 @@ impl Coordinator {
         };
         let committed = self
             .store
-            .submit_many(store_keys, move |sets| {
-                let now = clock::now_ms();
+            .submit_many(store_keys, move |sets, now_us| {
+                let now = now_us / 1000;
                 let (decisions, t) = decide(&sets, now);
                 let mut written = Vec::new();
                 let changes = sets
@@ -652,7 +652,7 @@ impl Coordinator {
                     .zip(decisions)
                     .enumerate()
                     .map(|(i, (current, d))| {
-                        let change = apply(node, current, d, my_hints.get(i).copied().flatten());
+                        let change = apply(node, current, d, my_hints.get(i).copied().flatten(), now_us);
                         if let (true, Change::Put(set) | Change::PutHinted(set, _)) = (replicated, &change) {
                             written.push((i, set.clone()));
                         }
@@ -956,7 +956,13 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
 
 /// Turns a decision into the change of the stored record, assigning the new dot; a record
 /// written here as a fallback carries a hint for the owner it stands in for.
-fn apply(node: NodeId, current: Option<SiblingSet>, decision: Decision, hint_for: Option<NodeId>) -> Change {
+fn apply(
+    node: NodeId,
+    current: Option<SiblingSet>,
+    decision: Decision,
+    hint_for: Option<NodeId>,
+    now_us: u64,
+) -> Change {
     match decision {
         Decision::Nothing => Change::Keep,
         Decision::Write { context, sibling } => {
@@ -965,7 +971,7 @@ fn apply(node: NodeId, current: Option<SiblingSet>, decision: Decision, hint_for
                 WriteContext::Current => set.context().clone(),
                 WriteContext::Given(c) => c,
             };
-            set.write(&ctx, node, clock::now_us(), sibling);
+            set.write(&ctx, node, now_us, sibling);
             match hint_for {
                 Some(owner) => Change::PutHinted(set, vec![owner]),
                 None => Change::Put(set),

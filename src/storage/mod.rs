@@ -469,15 +469,17 @@ impl Store {
     /// transaction committed under the fsync setting. Operations apply in the order they
     /// were queued, and each read-and-write is atomic against every other write here, so a
     /// caller may queue several before awaiting any (pipelining into one group commit).
+    /// `f` also gets the group commit's time in µs since the Unix epoch (one clock
+    /// reading per batch, not per write).
     pub async fn submit_many<T, F>(&self, keys: Vec<Bytes>, f: F) -> Result<Committed<T>, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(Vec<Option<SiblingSet>>) -> (Vec<Change>, T) + Send + 'static,
+        F: FnOnce(Vec<Option<SiblingSet>>, u64) -> (Vec<Change>, T) + Send + 'static,
     {
         let slot = Arc::new(std::sync::Mutex::new(None));
         let out = slot.clone();
-        let apply: writer::Apply = Box::new(move |sets| {
-            let (changes, result) = f(sets);
+        let apply: writer::Apply = Box::new(move |sets, now_us| {
+            let (changes, result) = f(sets, now_us);
             if let Ok(mut s) = out.lock() {
                 *s = Some(result);
             }
@@ -494,7 +496,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(Vec<Option<SiblingSet>>) -> (Vec<Change>, T) + Send + 'static,
     {
-        self.submit_many(keys, f).await?.wait().await
+        self.submit_many(keys, move |sets, _| f(sets)).await?.wait().await
     }
 
     /// [`Store::update_many`] for one key.

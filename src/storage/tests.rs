@@ -116,7 +116,7 @@ proptest! {
                     })),
                 };
                 let queued = store
-                    .submit_many(vec![key(k)], move |mut sets| (vec![f(sets.pop().flatten())], ()))
+                    .submit_many(vec![key(k)], move |mut sets, _| (vec![f(sets.pop().flatten())], ()))
                     .await
                     .expect("queue");
                 pending.push(queued);

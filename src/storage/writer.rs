@@ -44,8 +44,9 @@ pub enum Change {
     },
 }
 
-/// A computation over the current sets of some keys, returning one change per key.
-pub(crate) type Apply = Box<dyn FnOnce(Vec<Option<SiblingSet>>) -> Vec<Change> + Send>;
+/// A computation over the current sets of some keys, returning one change per key; it is
+/// given the batch's time (µs since the Unix epoch, read once per group commit).
+pub(crate) type Apply = Box<dyn FnOnce(Vec<Option<SiblingSet>>, u64) -> Vec<Change> + Send>;
 
 pub(crate) enum WriteOp {
     Update {
@@ -181,6 +182,7 @@ fn apply_all(
 ) -> Result<(), StoreError> {
     let mut log: Vec<Logged> = Vec::new();
     let mut txn = Txn::begin(inner)?;
+    let now_us = crate::clock::now_us();
     for op in batch.drain(..) {
         if close.is_some() {
             // Writes queued behind Close are refused, never half-applied.
@@ -236,7 +238,7 @@ fn apply_all(
                     let _ = done.send(Err(e));
                     continue;
                 }
-                let changes = apply(sets);
+                let changes = apply(sets, now_us);
                 for ((k, lk), change) in ks.iter().zip(lkeys).zip(changes) {
                     let from = log.len();
                     let full = keys::needs_full_key(k).then_some(&k[..]);

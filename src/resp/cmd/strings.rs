@@ -166,7 +166,9 @@ fn parse_set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
 
 /// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]
 pub async fn set(ctx: &mut Ctx<'_>) -> Outcome {
-    let o = match parse_set_options(&ctx.args[3..], crate::clock::now_ms()) {
+    // The time matters only to relative expiries (EX, PX): no clock reading for a plain SET.
+    let now = if ctx.args.len() > 3 { crate::clock::now_ms() } else { 0 };
+    let o = match parse_set_options(&ctx.args[3..], now) {
         Ok(o) => o,
         Err(r) => return r.into(),
     };
