@@ -1128,3 +1128,50 @@ fn errors_are_counted_by_kind() {
         );
     }
 }
+
+/// The metrics endpoint is a small HTTP responder of dynkv's own: it answers GET /metrics,
+/// refuses other paths and methods with a status, closes on an oversized or stalled
+/// request head, and keeps serving scrapes afterwards.
+#[test]
+fn the_metrics_endpoint_answers_bad_requests_with_a_status_and_keeps_serving() {
+    let mport = loop {
+        let p = free_port();
+        if p != DEFAULT_METRICS_PORT {
+            break p;
+        }
+    };
+    let s = Server::start(&["--metrics-addr", &format!("127.0.0.1:{mport}")]);
+    ok(&s.raw().cmd(&[b"SET", b"k", b"v"]), "SET");
+    let addr = SocketAddr::from(([127, 0, 0, 1], mport));
+    let _ = scrape(mport); // waits for the listener
+    assert_eq!(http_get(addr, "/nowhere").expect("GET /nowhere").0, 404);
+    let status_of = |request: &[u8]| -> String {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let _ = c.write_all(request);
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        status_of(b"POST /metrics HTTP/1.1\r\n\r\n").contains(" 405 "),
+        "POST answered 405"
+    );
+    // Just over the 8 KiB limit, and all of it read by the server before it answers (a
+    // close with unread bytes would reset the connection before the status is read).
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+    huge.resize(9000, b'a');
+    assert!(status_of(&huge).contains(" 431 "), "an oversized head answered 431");
+    // A client that sends half a request and stalls does not hold up others.
+    let mut stalled = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stalled.write_all(b"GET /met").expect("half a request");
+    let fams = scrape(mport);
+    assert!(
+        fams.contains_key("dynkv_commands_total"),
+        "a scrape after bad requests still works"
+    );
+}

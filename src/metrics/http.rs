@@ -5,27 +5,36 @@
 //! cannot append the command families.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// Longest request head read; a longer one is refused.
 const MAX_HEAD: usize = 8 * 1024;
 /// A client that has not sent its request head by then is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes answered at once; connections beyond it are closed at once.
+const MAX_SCRAPES: usize = 32;
 
 /// Serves scrapes on `listener` until the runtime stops.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let handle = handle.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(READ_TIMEOUT, answer(socket, &handle)).await;
+            drop(slot);
         });
     }
 }
