@@ -93,57 +93,40 @@ pub(crate) struct Inner {
     locals: Mutex<Vec<mpsc::Sender<WriteOp>>>,
 }
 
-/// The write lock, with a wake-up for writer tasks waiting their turn without blocking
-/// their thread (which meanwhile serves its other connections).
+/// The write lock. Writer tasks queue for it first-come first-served without blocking
+/// their thread (which meanwhile serves its other connections); a writer that just
+/// committed queues behind the ones already waiting, so no thread's writes wait for
+/// several rounds of another's. The writer thread (`fsync = always`) and the rare
+/// metadata writes take the lock itself, blocking.
 #[derive(Default)]
 pub(crate) struct WriteTurn {
     lock: Mutex<()>,
-    released: tokio::sync::Notify,
+    queue: tokio::sync::Mutex<()>,
 }
 
-/// A held [`WriteTurn`]; dropping it wakes the writer tasks waiting.
+/// A held [`WriteTurn`].
 pub(crate) struct Turn<'a> {
-    guard: Option<std::sync::MutexGuard<'a, ()>>,
-    released: &'a tokio::sync::Notify,
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        self.released.notify_waiters();
-    }
+    // Fields drop in order: the lock, then the place in the queue (waking the next).
+    _guard: std::sync::MutexGuard<'a, ()>,
+    _queued: Option<tokio::sync::MutexGuard<'a, ()>>,
 }
 
 impl WriteTurn {
     /// Waits for the lock by blocking this thread (writer thread, rare metadata writes).
     pub(crate) fn blocking(&self) -> Turn<'_> {
         Turn {
-            guard: Some(self.lock.lock().unwrap_or_else(|p| p.into_inner())),
-            released: &self.released,
+            _guard: self.lock.lock().unwrap_or_else(|p| p.into_inner()),
+            _queued: None,
         }
     }
 
-    fn try_turn(&self) -> Option<Turn<'_>> {
-        let guard = match self.lock.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        Some(Turn {
-            guard: Some(guard),
-            released: &self.released,
-        })
-    }
-
-    /// Waits for the lock as a task: the thread runs other tasks meanwhile.
+    /// Waits for the lock as a task, in arrival order among tasks.
     pub(crate) async fn turn(&self) -> Turn<'_> {
-        loop {
-            // Created before trying, so a release in between still wakes us.
-            let released = self.released.notified();
-            if let Some(turn) = self.try_turn() {
-                return turn;
-            }
-            released.await;
+        let queued = self.queue.lock().await;
+        Turn {
+            // Free unless a blocking holder (a metadata write) has it: a short wait.
+            _guard: self.lock.lock().unwrap_or_else(|p| p.into_inner()),
+            _queued: Some(queued),
         }
     }
 }
