@@ -1088,16 +1088,22 @@ fn metrics_addr_off_opens_no_metrics_listener_and_the_node_works() {
     assert!(cmds.help, "dynkv_commands_total has # HELP");
 }
 
-/// Error replies are counted by their code: WRONGPASS and NOAUTH from a node with a
-/// password, ERR from an unknown command.
-#[test]
-fn errors_are_counted_by_kind() {
-    let mport = loop {
+/// A free port for a node's metrics endpoint, never the default one (another node may
+/// hold it).
+fn metrics_port() -> u16 {
+    loop {
         let p = free_port();
         if p != DEFAULT_METRICS_PORT {
             break p;
         }
-    };
+    }
+}
+
+/// Error replies are counted by their code: WRONGPASS and NOAUTH from a node with a
+/// password, ERR from an unknown command.
+#[test]
+fn errors_are_counted_by_kind() {
+    let mport = metrics_port();
     let s = Server::start_with(Setup {
         password: Some("sekret".into()),
         ..Setup::args(&[
@@ -1134,12 +1140,7 @@ fn errors_are_counted_by_kind() {
 /// request head, and keeps serving scrapes afterwards.
 #[test]
 fn the_metrics_endpoint_answers_bad_requests_with_a_status_and_keeps_serving() {
-    let mport = loop {
-        let p = free_port();
-        if p != DEFAULT_METRICS_PORT {
-            break p;
-        }
-    };
+    let mport = metrics_port();
     let s = Server::start(&["--metrics-addr", &format!("127.0.0.1:{mport}")]);
     ok(&s.raw().cmd(&[b"SET", b"k", b"v"]), "SET");
     let addr = SocketAddr::from(([127, 0, 0, 1], mport));

@@ -478,13 +478,10 @@ impl Coordinator {
         key: &[u8],
         now_ms: u64,
     ) -> Result<(Option<crate::version::Sibling>, usize), CoordError> {
-        let placed = match &self.cluster {
-            Some(_) => self.placed(key),
-            None => return Ok(self.store.get_winner(key, now_ms)?.unwrap_or((None, 0))),
-        };
-        if placed.nodes == [self.node_id] {
+        let placed = self.cluster.as_ref().map(|_| self.placed(key));
+        let Some(placed) = placed.filter(|p| p.nodes != [self.node_id]) else {
             return Ok(self.store.get_winner(key, now_ms)?.unwrap_or((None, 0)));
-        }
+        };
         let set = self.quorum_read(Bytes::copy_from_slice(key), placed).await?;
         let live = set.as_ref().map_or(0, |s| s.live(now_ms).count());
         Ok((set.and_then(|s| s.into_winner(now_ms)), live))

@@ -39,8 +39,11 @@ fn siblings() -> &'static [Siblings] {
     })
 }
 
-/// Counts one read that saw `n` live siblings.
+/// Counts one read that saw `n` live siblings (a read that saw none is not counted).
 pub fn record_siblings(n: u64) {
+    if n == 0 {
+        return;
+    }
     let s = &siblings()[stripe()];
     let slot = COUNT_BUCKETS.partition_point(|&b| b < n as f64);
     s.buckets[slot].fetch_add(1, Ordering::Relaxed);
@@ -115,15 +118,31 @@ pub fn render(out: &mut String) {
     }
     let name = SIBLINGS_PER_READ;
     let _ = writeln!(out, "# HELP {name} {SIBLINGS_PER_READ_HELP}\n# TYPE {name} histogram");
+    write_series(out, name, "", COUNT_BUCKETS, &buckets, &sum.to_string());
+}
+
+/// One histogram series: cumulative `_bucket` lines from per-bucket counts (`counts` has
+/// one more entry than `bounds`: above them all), then `_sum` and `_count`. `labels` is
+/// empty or `key="value",` pairs, each with its trailing comma.
+fn write_series(out: &mut String, name: &str, labels: &str, bounds: &[f64], counts: &[u64], sum: &str) {
     let mut cumulative = 0u64;
-    for (b, bound) in COUNT_BUCKETS.iter().enumerate() {
-        cumulative += buckets[b];
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    for (bound, count) in bounds
+        .iter()
+        .map(|b| b.to_string())
+        .chain(["+Inf".to_string()])
+        .zip(counts)
+    {
+        cumulative += count;
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
     }
-    cumulative += buckets[COUNT_BUCKETS.len()];
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let _ = writeln!(out, "{name}_sum {sum}");
-    let _ = writeln!(out, "{name}_count {cumulative}");
+    let labels = labels.trim_end_matches(',');
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {cumulative}");
 }
 
 /// One command's counters summed over the stripes.
@@ -165,29 +184,23 @@ fn render_commands(out: &mut String) {
         "# HELP {COMMAND_SECONDS} {COMMAND_SECONDS_HELP}\n# TYPE {COMMAND_SECONDS} histogram"
     );
     for (i, t) in &called {
-        let cmd = name(*i);
-        let mut cumulative = 0u64;
-        for (b, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += t.buckets[b];
-            let _ = writeln!(
-                out,
-                "{COMMAND_SECONDS}_bucket{{cmd=\"{cmd}\",le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += t.buckets[LATENCY_BUCKETS.len()];
-        let _ = writeln!(
-            out,
-            "{COMMAND_SECONDS}_bucket{{cmd=\"{cmd}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = t.sum_ns as f64 / 1e9;
-        let _ = writeln!(out, "{COMMAND_SECONDS}_sum{{cmd=\"{cmd}\"}} {sum}");
-        let _ = writeln!(out, "{COMMAND_SECONDS}_count{{cmd=\"{cmd}\"}} {cumulative}");
+        let labels = format!("cmd=\"{}\",", name(*i));
+        let sum = (t.sum_ns as f64 / 1e9).to_string();
+        write_series(out, COMMAND_SECONDS, &labels, LATENCY_BUCKETS, &t.buckets, &sum);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value of the first sample line starting with `prefix`.
+    fn sample<T: std::str::FromStr>(text: &str, prefix: &str) -> Option<T> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
 
     fn family_lines(text: &str, cmd: &str) -> Vec<String> {
         text.lines()
@@ -215,12 +228,7 @@ mod tests {
         assert!(lines.contains(&"dynkv_command_duration_seconds_bucket{cmd=\"echo\",le=\"10\"} 5".to_string()));
         assert!(lines.contains(&"dynkv_command_duration_seconds_bucket{cmd=\"echo\",le=\"+Inf\"} 6".to_string()));
         assert!(lines.contains(&"dynkv_command_duration_seconds_count{cmd=\"echo\"} 6".to_string()));
-        let sum: f64 = lines
-            .iter()
-            .find(|l| l.starts_with("dynkv_command_duration_seconds_sum"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .expect("a sum line");
+        let sum: f64 = sample(&lines.join("\n"), "dynkv_command_duration_seconds_sum").expect("a sum line");
         assert!((sum - (3.0 * 7e-6 + 2.0 * 3e-3 + 60.0)).abs() < 1e-9, "{sum}");
         assert!(text.contains("# TYPE dynkv_command_duration_seconds histogram"));
         assert!(text.contains("# HELP dynkv_commands_total "));
@@ -234,12 +242,7 @@ mod tests {
         render(&mut text);
         assert!(text.contains("# TYPE dynkv_siblings_per_read histogram"), "{text}");
         assert!(text.contains("dynkv_siblings_per_read_bucket{le=\"2\"}"), "{text}");
-        let count: u64 = text
-            .lines()
-            .find(|l| l.starts_with("dynkv_siblings_per_read_count "))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .expect("a count line");
+        let count: u64 = sample(&text, "dynkv_siblings_per_read_count ").expect("a count line");
         assert!(count >= 2);
     }
 

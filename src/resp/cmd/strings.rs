@@ -32,9 +32,7 @@ where
 pub async fn read_value(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Sibling>, Reply> {
     let now = crate::clock::now_ms();
     let (v, live) = ctx.node.coord.read_winner(key, now).await.map_err(coord_error)?;
-    if live > 0 {
-        crate::metrics::commands::record_siblings(live as u64);
-    }
+    crate::metrics::commands::record_siblings(live as u64);
     let counter = if v.is_some() {
         &ctx.node.stats.keyspace_hits
     } else {
@@ -56,9 +54,7 @@ pub async fn get(ctx: &mut Ctx<'_>) -> Outcome {
                 .read_winner(&key, crate::clock::now_ms())
                 .await
                 .map_err(coord_error)?;
-            if live > 0 {
-                crate::metrics::commands::record_siblings(live as u64);
-            }
+            crate::metrics::commands::record_siblings(live as u64);
             let v = v.map(|s| s.value);
             let counter = if v.is_some() {
                 &node.stats.keyspace_hits
