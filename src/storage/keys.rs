@@ -31,7 +31,9 @@ pub struct StackKey {
 }
 
 impl StackKey {
-    /// Encodes `key`.
+    /// Encodes `key`. Inlined so the buffer is built where the caller keeps it, not
+    /// built and then copied.
+    #[inline]
     pub fn new(key: &[u8]) -> StackKey {
         let mut buf = [0u8; HEADER + INLINE_MAX];
         buf[..2].copy_from_slice(&partition_of(key).to_be_bytes());

@@ -141,10 +141,61 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads one minimal LEB128 varint of at most 64 bits.
+    #[inline]
     pub(super) fn varint(&mut self) -> Result<u64, DecodeError> {
+        // One byte (counts, lengths, flags-sized values) is the common case.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.varint_long()
+    }
+
+    /// [`Reader::varint`] for a value of more than one byte (or a short input).
+    fn varint_long(&mut self) -> Result<u64, DecodeError> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        if let Some(word) = rest.first_chunk::<8>() {
+            // Eight bytes at once: the first byte without a continuation bit ends the
+            // value; the 7-bit groups before it are packed together with three shifts.
+            let word = u64::from_le_bytes(*word);
+            let ends = !word & 0x8080_8080_8080_8080;
+            let len = if ends == 0 {
+                8
+            } else {
+                (ends.trailing_zeros() / 8 + 1) as usize
+            };
+            let kept = if len == 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+            let mut v = word & kept & 0x7f7f_7f7f_7f7f_7f7f;
+            v = (v & 0x007f_007f_007f_007f) | ((v & 0x7f00_7f00_7f00_7f00) >> 1);
+            v = (v & 0x0000_3fff_0000_3fff) | ((v & 0x3fff_0000_3fff_0000) >> 2);
+            v = (v & 0x0000_0000_0fff_ffff) | ((v & 0x0fff_ffff_0000_0000) >> 4);
+            if ends != 0 {
+                if (word >> (8 * (len - 1))) & 0xff == 0 && len > 1 {
+                    return Err(DecodeError::NonCanonicalVarint);
+                }
+                self.pos += len;
+                return Ok(v);
+            }
+            // All eight carry on: a 9- or 10-byte value (a node id, say).
+            return match (rest.get(8), rest.get(9)) {
+                (Some(0), _) => Err(DecodeError::NonCanonicalVarint),
+                (Some(&b8), _) if b8 < 0x80 => {
+                    self.pos += 9;
+                    Ok(v | u64::from(b8) << 56)
+                }
+                (Some(_), Some(&b9)) if b9 > 1 => Err(DecodeError::VarintOverflow),
+                (Some(_), Some(0)) => Err(DecodeError::NonCanonicalVarint),
+                (Some(&b8), Some(&b9)) => {
+                    self.pos += 10;
+                    Ok(v | u64::from(b8 & 0x7f) << 56 | u64::from(b9) << 63)
+                }
+                _ => Err(DecodeError::Truncated),
+            };
+        }
         let mut result: u64 = 0;
-        for i in 0..10u32 {
-            let b = self.u8()?;
+        for (i, &b) in rest.iter().take(10).enumerate() {
             if i == 9 && b > 1 {
                 return Err(DecodeError::VarintOverflow);
             }
@@ -153,10 +204,15 @@ impl<'a> Reader<'a> {
                 if b == 0 && i > 0 {
                     return Err(DecodeError::NonCanonicalVarint);
                 }
+                self.pos += i + 1;
                 return Ok(result);
             }
         }
-        Err(DecodeError::VarintOverflow)
+        if rest.len() < 10 {
+            Err(DecodeError::Truncated)
+        } else {
+            Err(DecodeError::VarintOverflow)
+        }
     }
 
     /// Reads an element count and checks that `count * min_size` bytes could
@@ -513,6 +569,42 @@ mod tests {
         }
     }
 
+    /// The plain byte-at-a-time decoder the fast one must agree with.
+    fn reference_varint(buf: &[u8]) -> Result<(u64, usize), DecodeError> {
+        let mut result = 0u64;
+        for i in 0..10usize {
+            let b = *buf.get(i).ok_or(DecodeError::Truncated)?;
+            if i == 9 && b > 1 {
+                return Err(DecodeError::VarintOverflow);
+            }
+            result |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    return Err(DecodeError::NonCanonicalVarint);
+                }
+                return Ok((result, i + 1));
+            }
+        }
+        Err(DecodeError::VarintOverflow)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn varint_matches_reference_decoder(bytes in proptest::collection::vec(proptest::prop_oneof![proptest::prelude::any::<u8>(), proptest::sample::select(vec![0u8, 1, 2, 0x7f, 0x80, 0x81, 0xff])], 0..14), v in proptest::prelude::any::<u64>(), shift in 0u32..64, tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10)) {
+            // Arbitrary bytes (mostly invalid or short), and valid encodings of values of
+            // every length followed by arbitrary bytes.
+            let mut valid = varint_bytes(v >> shift);
+            valid.extend_from_slice(&tail);
+            for buf in [&bytes[..], &valid[..]] {
+                let mut r = Reader::new(buf);
+                let got = r.varint().map(|v| (v, r.pos));
+                proptest::prop_assert_eq!(got, reference_varint(buf));
+            }
+            let mut r = Reader::new(&valid);
+            proptest::prop_assert_eq!(r.varint(), Ok(v >> shift));
+        }
+    }
+
     #[test]
     fn varint_rejects_overflow_and_overlong() {
         let mut r = Reader::new(&[0xff; 10]);
@@ -523,6 +615,15 @@ mod tests {
         assert_eq!(r.varint(), Err(DecodeError::NonCanonicalVarint));
         let mut r = Reader::new(&[0x80]);
         assert_eq!(r.varint(), Err(DecodeError::Truncated));
+        // Nine- and ten-byte values, whose first eight bytes all carry on.
+        let mut nine_zero = vec![0x80; 8];
+        nine_zero.push(0);
+        assert_eq!(Reader::new(&nine_zero).varint(), Err(DecodeError::NonCanonicalVarint));
+        let mut ten_zero = vec![0x80; 9];
+        ten_zero.push(0);
+        assert_eq!(Reader::new(&ten_zero).varint(), Err(DecodeError::NonCanonicalVarint));
+        assert_eq!(Reader::new(&[0x80; 9]).varint(), Err(DecodeError::Truncated));
+        assert_eq!(Reader::new(&[0x80; 8]).varint(), Err(DecodeError::Truncated));
     }
 
     #[test]
