@@ -19,7 +19,7 @@ use std::ops::Bound;
 
 use heed::types::Bytes as RawBytes;
 use heed::{Database, RoTxn, RwTxn, WithTls};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 /// Version of the tree layout and record hash; a store built with another is rebuilt.
 pub const TREE_FORMAT: u8 = 1;
@@ -31,8 +31,20 @@ const LEAF: u8 = 1;
 
 type Db = Database<RawBytes, RawBytes>;
 
+/// Records up to this size (with their key) are hashed in one pass from a stack copy.
+const ONE_PASS: usize = 256;
+
 /// The contribution of one record (its LMDB key and stored bytes) to its tree.
 pub fn record_hash(lmdb_key: &[u8], record: &[u8]) -> u128 {
+    let len = 4 + lmdb_key.len() + record.len();
+    if len <= ONE_PASS {
+        // The same digest as the streaming hasher gives, without its large state.
+        let mut buf = [0u8; ONE_PASS];
+        buf[..4].copy_from_slice(&(lmdb_key.len() as u32).to_be_bytes());
+        buf[4..4 + lmdb_key.len()].copy_from_slice(lmdb_key);
+        buf[4 + lmdb_key.len()..len].copy_from_slice(record);
+        return xxh3_128(&buf[..len]);
+    }
     let mut h = Xxh3::new();
     h.update(&(lmdb_key.len() as u32).to_be_bytes());
     h.update(lmdb_key);
