@@ -239,7 +239,11 @@ fn record_hash_one_pass_equals_streaming() {
             h.update(&(key_len as u32).to_be_bytes());
             h.update(&key);
             h.update(&record);
-            assert_eq!(tree::record_hash(&key, &record), h.digest128(), "key {key_len}, record {record_len}");
+            assert_eq!(
+                tree::record_hash(&key, &record),
+                h.digest128(),
+                "key {key_len}, record {record_len}"
+            );
         }
     }
 }
