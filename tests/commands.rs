@@ -1065,6 +1065,58 @@ fn scan_with_concurrent_writes() {
     );
 }
 
+/// Pipelined reads between writes see exactly the writes before them, on one connection
+/// and from another one: a run of reads shares one snapshot, taken after its requests
+/// arrived and ended at the next write.
+#[test]
+fn pipelined_reads_see_the_writes_before_them() {
+    let s = Server::start(&["--fsync", "no"]);
+    let mut a = s.client();
+    let mut b = s.client();
+    for round in 0..200 {
+        let mut p = redis::pipe();
+        p.cmd("SET").arg("k").arg(format!("{round}a"));
+        p.cmd("GET").arg("k");
+        p.cmd("MGET").arg("k").arg("other");
+        p.cmd("SET").arg("k").arg(format!("{round}b"));
+        p.cmd("GET").arg("k");
+        p.cmd("EXISTS").arg("k");
+        p.cmd("DEL").arg("k");
+        p.cmd("GET").arg("k");
+        p.cmd("EXISTS").arg("k");
+        type Replies = (
+            String,
+            String,
+            Vec<Option<String>>,
+            String,
+            String,
+            i64,
+            i64,
+            Option<String>,
+            i64,
+        );
+        let r: Replies = p.query(&mut a).expect("pipeline");
+        assert_eq!(r.1, format!("{round}a"), "round {round}: GET after the first SET");
+        assert_eq!(r.2, vec![Some(format!("{round}a")), None], "round {round}: MGET");
+        assert_eq!(r.4, format!("{round}b"), "round {round}: GET after the second SET");
+        assert_eq!(
+            (r.5, r.6, r.7.clone(), r.8),
+            (1, 1, None, 0),
+            "round {round}: after DEL"
+        );
+        // A write acknowledged to one connection is seen by the next pipeline of reads
+        // on another.
+        ok(&mut b, &["SET", "shared", &round.to_string()]);
+        let mut p = redis::pipe();
+        p.cmd("GET").arg("shared").cmd("GET").arg("shared");
+        let (x, y): (String, String) = p.query(&mut a).expect("reads");
+        assert_eq!(
+            (x.as_str(), y.as_str()),
+            (round.to_string().as_str(), round.to_string().as_str())
+        );
+    }
+}
+
 /// With `fsync no` each client thread commits its own connections' writes. A pipeline's
 /// writes still apply in the order sent (a FLUSHALL between them included), and writes
 /// from connections spread over the threads all land.

@@ -402,7 +402,13 @@ fn map_growth(fsync: &str) {
                 let mut reads = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     if t == 0 {
-                        assert_eq!(c.cmd(&[b"GET", b"probe"]), Resp::bulk("p"));
+                        // Pipelined, so the GETs share a read transaction (a run of
+                        // reads) while the map grows.
+                        let get = encode(&[b"GET", b"probe"]);
+                        c.send(&get.repeat(8)).expect("send");
+                        for _ in 0..8 {
+                            assert_eq!(c.read_reply().expect("reply"), Resp::bulk("p"));
+                        }
                     } else {
                         let reply = c.cmd(&[b"SCAN", b"0", b"COUNT", b"5"]);
                         assert!(matches!(reply, Resp::Array(_)), "SCAN: {reply:?}");

@@ -23,6 +23,7 @@ use super::reply::Reply;
 use crate::coordinator::Pending;
 use crate::metrics as m;
 use crate::node::{Node, Stats};
+use crate::storage::ReadRun;
 
 /// Replies are sent once this many bytes are waiting.
 const FLUSH_AT: usize = 64 * 1024;
@@ -242,6 +243,12 @@ async fn run(
     // shared atomics and a lock on every request.
     let stop = shutdown.wait();
     tokio::pin!(stop);
+    // On a single node, a run of reads among the requests that arrived together shares
+    // one read transaction. The run ends before anything that may wait (see
+    // `storage::ReadRun`).
+    let node = conn.node.clone();
+    let share_reads = node.coord.cluster().is_none();
+    let mut reads: Option<ReadRun> = None;
     loop {
         // Run every complete request already buffered.
         let mut parsed = 0u64;
@@ -250,6 +257,7 @@ async fn run(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
+                    drop(reads.take());
                     Stats::add(&conn.node.stats.commands_processed, parsed);
                     conn.drain(client.proto).await?;
                     conn.encode(&Reply::err(e.to_string()), client.proto);
@@ -262,20 +270,34 @@ async fn run(
             let cmd_index = index.unwrap_or(cmd::COMMANDS.len());
             let class = class_of(index);
             if class == Class::Other || class != conn.queued || conn.queue.len() >= MAX_IN_FLIGHT {
+                drop(reads.take());
                 conn.drain(client.proto).await?;
             }
             conn.queued = class;
-            let outcome = cmd::run(
-                Ctx {
-                    node: &conn.node,
-                    client: &mut *client,
-                    args,
-                    routed: false,
-                },
-                index,
-            )
-            .await;
+            if share_reads && class == Class::Read && reads.is_none() {
+                reads = Some(node.coord.store().read_run());
+            }
+            let outcome = {
+                let mut running = std::pin::pin!(cmd::run(
+                    Ctx {
+                        node: &node,
+                        client: &mut *client,
+                        args,
+                        routed: false,
+                    },
+                    index,
+                ));
+                // A command that has to wait ends the run of reads first.
+                match std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => {
+                        drop(reads.take());
+                        running.await
+                    }
+                }
+            };
             if client.silent {
+                drop(reads.take());
                 Stats::add(&conn.node.stats.commands_processed, parsed);
                 conn.drain(client.proto).await?;
                 conn.flush().await?;
@@ -290,12 +312,14 @@ async fn run(
                 arrived,
             });
             if client.closing {
+                drop(reads.take());
                 Stats::add(&conn.node.stats.commands_processed, parsed);
                 conn.drain(client.proto).await?;
                 conn.flush().await?;
                 return Ok(());
             }
         }
+        drop(reads.take());
         Stats::add(&conn.node.stats.commands_processed, parsed);
         conn.drain(client.proto).await?;
         conn.flush().await?;

@@ -14,6 +14,7 @@
 
 mod keys;
 mod record;
+mod snapshot;
 pub mod tree;
 mod writer;
 
@@ -36,6 +37,7 @@ use crate::ring::PARTITIONS;
 use crate::version::{Sibling, SiblingSet};
 
 pub use keys::INLINE_MAX;
+pub use snapshot::ReadRun;
 pub use writer::Change;
 
 use writer::WriteOp;
@@ -77,8 +79,10 @@ pub(crate) struct Inner {
     /// for the background rebuild ([`PARTITIONS`] when every tree is sound).
     tree_ready_below: AtomicU32,
     /// Shared by read transactions, taken exclusively to resize the map (LMDB requires
-    /// that no transaction be open in the process during a resize).
-    gate: crate::striped::Gate,
+    /// that no transaction be open in the process during a resize). Leaked (a kilobyte
+    /// per store opened) so that a run of reads can keep its share in thread-local
+    /// storage (see [`snapshot`]).
+    gate: &'static crate::striped::Gate,
     /// Held by a writer for a whole batch, map growth included, and by every other write
     /// transaction: a resize must never meet another thread's open write transaction.
     write_lock: WriteTurn,
@@ -222,7 +226,7 @@ impl Store {
             hints,
             trees,
             tree_ready_below: AtomicU32::new(ready),
-            gate: crate::striped::Gate::default(),
+            gate: Box::leak(Box::default()),
             write_lock: WriteTurn::default(),
             map_size: AtomicUsize::new(map_size),
             stats: StoreStats::default(),
@@ -328,10 +332,14 @@ impl Store {
         &self.inner.stats
     }
 
+    /// Starts a run of reads on this thread that share one read transaction (see
+    /// [`snapshot`]); the caller must drop it before yielding to other tasks.
+    pub fn read_run(&self) -> ReadRun {
+        ReadRun::start(self.inner.id)
+    }
+
     fn read<T>(&self, f: impl FnOnce(&heed::RoTxn<'_, WithTls>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let _gate = self.inner.gate.read();
-        let rtxn = self.inner.env.read_txn()?;
-        f(&rtxn)
+        snapshot::read(&self.inner, f)
     }
 
     /// The stored sibling set of `key`, if any (expired or dead sets included: callers

@@ -247,3 +247,50 @@ fn record_hash_one_pass_equals_streaming() {
         }
     }
 }
+
+/// A run of reads sees one snapshot, taken at its first read: a commit made meanwhile
+/// shows once the run has ended. Reads of another store during the run use their own
+/// transactions.
+#[test]
+fn a_run_of_reads_shares_one_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        let other = Store::open(other_dir.path(), Fsync::No, 1 << 20).expect("open other");
+        let put = |store: &Store, v: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                store
+                    .submit_many(vec![key(1)], move |_, _| (vec![Change::Put(set_of(1, v, false))], ()))
+                    .await
+                    .expect("queue")
+                    .wait()
+                    .await
+                    .expect("commit");
+            }
+        };
+        let value = |store: &Store| {
+            store
+                .get(&key(1))
+                .expect("get")
+                .and_then(|s| s.into_winner(0))
+                .map(|s| s.value)
+        };
+        put(&store, b"one").await;
+        put(&other, b"x").await;
+        let run = store.read_run();
+        assert_eq!(value(&store).as_deref(), Some(&b"one"[..]));
+        put(&store, b"two").await;
+        put(&other, b"y").await;
+        assert_eq!(value(&store).as_deref(), Some(&b"one"[..]), "the run's snapshot");
+        assert_eq!(value(&other).as_deref(), Some(&b"y"[..]), "another store reads afresh");
+        drop(run);
+        assert_eq!(value(&store).as_deref(), Some(&b"two"[..]), "after the run");
+        let run = store.read_run();
+        assert_eq!(value(&store).as_deref(), Some(&b"two"[..]));
+        drop(run);
+        store.close().await.expect("close");
+        other.close().await.expect("close other");
+    });
+}
