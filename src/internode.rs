@@ -83,7 +83,7 @@ async fn serve(node: &Arc<Node>, req: Request) -> Response {
             Ok((k, e)) => Response::Count(k, e),
             Err(e) => failed(e),
         },
-        Request::Flush => match coord.flush_local().await {
+        Request::Flush { before_ms } => match coord.flush_local(before_ms).await {
             Ok(()) => Response::Ack,
             Err(e) => failed(e),
         },

@@ -10,7 +10,7 @@ use super::MemberInfo;
 use super::membership::MemberRecord;
 
 /// Version of the message set; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,8 +74,12 @@ pub enum Request {
         /// The partitions.
         partitions: Vec<u16>,
     },
-    /// Remove every key of this node.
-    Flush,
+    /// Remove every key of this node, and never store again a sibling written before
+    /// `before_ms` (the FLUSHALL's time, the same for every node).
+    Flush {
+        /// Ms since the Unix epoch.
+        before_ms: u64,
+    },
     /// Anti-entropy, descending from the top: the sender's hashes of some groups of
     /// `size` consecutive partitions (group `i` holds partitions `i*size ..`), each the
     /// XOR of its roots of the shared partitions in the group; the receiver answers with

@@ -371,7 +371,9 @@ impl Coordinator {
         // whole-node requests (scan, count, flush) walk a store.
         let timeout = match req {
             Request::Forward { .. } => c.timeout * 3,
-            Request::Scan { .. } | Request::ScanParts { .. } | Request::Count { .. } | Request::Flush => c.timeout * 10,
+            Request::Scan { .. } | Request::ScanParts { .. } | Request::Count { .. } | Request::Flush { .. } => {
+                c.timeout * 10
+            }
             _ => c.timeout,
         };
         // Replication to a slow replica is bounded: past the limit a copy fails at once
@@ -905,18 +907,23 @@ impl Coordinator {
     }
 
     /// Removes every key on this node.
-    pub async fn flush_local(&self) -> Result<(), CoordError> {
-        Ok(self.store.clear().await?)
+    pub async fn flush_local(&self, before_ms: u64) -> Result<(), CoordError> {
+        Ok(self.store.clear(before_ms).await?)
     }
 
-    /// Removes every key of the cluster: every member flushes.
+    /// Removes every key of the cluster: every member flushes, all with the same time, so
+    /// that no node stores again what was written before it (see `Store::clear`).
     pub async fn flush_all(&self) -> Result<(), CoordError> {
-        self.flush_local().await?;
+        // Every write acknowledged before this FLUSHALL was dated at most now.
+        let before_ms = crate::clock::now_ms() + 1;
+        self.flush_local(before_ms).await?;
         let Some(c) = &self.cluster else {
             return Ok(());
         };
         for m in c.membership.view().reachable().iter().filter(|m| m.id != self.node_id) {
-            self.call(m, &Request::Flush).await.map_err(CoordError::Peer)?;
+            self.call(m, &Request::Flush { before_ms })
+                .await
+                .map_err(CoordError::Peer)?;
         }
         Ok(())
     }

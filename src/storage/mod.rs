@@ -45,6 +45,9 @@ use writer::WriteOp;
 /// Metadata key of the tree rebuild's progress: the tree format, then the first partition
 /// whose tree is not yet rebuilt (u32, big endian; `PARTITIONS` when done).
 const TREE_PROGRESS: &[u8] = b"tree-progress";
+/// Metadata key of the newest FLUSHALL's time (ms since the Unix epoch, u64 big endian):
+/// siblings written before it are never stored again (see [`Store::clear`]).
+const FLUSHED_BEFORE: &[u8] = b"flushed-before";
 /// A tree rebuild step stops adding partitions past this many records...
 const REBUILD_RECORDS: usize = 4096;
 /// ... or this many partitions.
@@ -78,6 +81,8 @@ pub(crate) struct Inner {
     /// Partitions below this one have a tree that matches their records; the rest wait
     /// for the background rebuild ([`PARTITIONS`] when every tree is sound).
     tree_ready_below: AtomicU32,
+    /// The newest FLUSHALL's time, as committed (see [`Store::clear`]).
+    flushed_before: AtomicU64,
     /// Shared by read transactions, taken exclusively to resize the map (LMDB requires
     /// that no transaction be open in the process during a resize). Leaked (a kilobyte
     /// per store opened) so that a run of reads can keep its share in thread-local
@@ -218,6 +223,10 @@ impl Store {
             }
             _ => 0,
         };
+        let flushed_before = match meta.get(&wtxn, FLUSHED_BEFORE)? {
+            Some(v) => v.try_into().map(u64::from_be_bytes).unwrap_or(0),
+            None => 0,
+        };
         wtxn.commit()?;
         let inner = Arc::new(Inner {
             env,
@@ -226,6 +235,7 @@ impl Store {
             hints,
             trees,
             tree_ready_below: AtomicU32::new(ready),
+            flushed_before: AtomicU64::new(flushed_before),
             gate: Box::leak(Box::default()),
             write_lock: WriteTurn::default(),
             map_size: AtomicUsize::new(map_size),
@@ -615,11 +625,17 @@ impl Store {
     }
 
     /// Removes every record, durably.
-    pub async fn clear(&self) -> Result<(), StoreError> {
+    ///
+    /// `before_ms` is the FLUSHALL's time: from then on no sibling written before it is
+    /// stored (a late copy of one is dropped on arrival), and writes made here are dated
+    /// no earlier than it. A cluster gives every node the same time, so a write still
+    /// replicating, a repair or an anti-entropy push from a node not flushed yet cannot
+    /// bring a flushed key back. The time is kept across restarts.
+    pub async fn clear(&self, before_ms: u64) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         // Through this thread's writer like the caller's other writes, so a pipelined
         // FLUSHALL and the writes after it commit in the order they were sent.
-        self.send(WriteOp::Clear { done }).await?;
+        self.send(WriteOp::Clear { before_ms, done }).await?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 

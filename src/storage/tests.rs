@@ -294,3 +294,72 @@ fn a_run_of_reads_shares_one_snapshot() {
         other.close().await.expect("close other");
     });
 }
+
+/// After a flush at time T, a late copy of a sibling written before T is not stored
+/// (alone it leaves no record; beside a newer one it is dropped), writes made here are
+/// dated T or later, and T survives a restart.
+#[test]
+fn a_flush_keeps_older_siblings_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let written_at = |node: u64, at: u64| {
+        let mut s = SiblingSet::new();
+        s.write(
+            &VersionVector::new(),
+            node,
+            1,
+            NewSibling {
+                value: Bytes::from(format!("from {node}")),
+                written_at_ms: at,
+                expires_at_ms: None,
+                tombstone: false,
+            },
+        );
+        s
+    };
+    let merge_in = |store: &Store, k: u8, set: SiblingSet| {
+        let store = store.clone();
+        async move {
+            store
+                .submit_many(vec![key(k)], move |mut sets, now_us| {
+                    let mut cur = sets.pop().flatten().unwrap_or_default();
+                    cur.merge(&set);
+                    (vec![Change::Put(cur)], now_us)
+                })
+                .await
+                .expect("queue")
+                .wait()
+                .await
+                .expect("commit")
+        }
+    };
+    // An hour ahead, as if the node that chose it had a clock running fast.
+    let flush_at = crate::clock::now_ms() + 3_600_000;
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        merge_in(&store, 1, written_at(1, flush_at - 5)).await;
+        store.clear(flush_at).await.expect("clear");
+        merge_in(&store, 1, written_at(1, flush_at - 5)).await;
+        assert!(store.get(&key(1)).expect("get").is_none(), "a late copy came back");
+        merge_in(&store, 2, written_at(2, flush_at)).await;
+        merge_in(&store, 2, written_at(3, flush_at - 1)).await;
+        let set = store.get(&key(2)).expect("get").expect("the newer sibling");
+        let at: Vec<u64> = set.siblings().iter().map(|s| s.written_at_ms).collect();
+        assert_eq!(at, vec![flush_at], "only the sibling written at the flush time stays");
+        let now_us = merge_in(&store, 3, written_at(4, flush_at + 1)).await;
+        assert!(
+            now_us >= flush_at * 1000,
+            "a write here is dated before the flush: {now_us}"
+        );
+        assert_eq!(stored_trees(&store), expected_trees(&store));
+        store.close().await.expect("close");
+    });
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        merge_in(&store, 1, written_at(5, flush_at - 1)).await;
+        assert!(
+            store.get(&key(1)).expect("get").is_none(),
+            "the flush time was forgotten"
+        );
+        store.close().await.expect("close");
+    });
+}

@@ -54,7 +54,9 @@ pub(crate) enum WriteOp {
         apply: Apply,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Remove every record; siblings written before `before_ms` are not stored again.
     Clear {
+        before_ms: u64,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Recompute the anti-entropy trees of partitions `from..to` from their records and
@@ -75,7 +77,8 @@ enum Logged {
     Delete(Vec<u8>),
     PutHint(Vec<u8>),
     DeleteHint(Vec<u8>),
-    Clear,
+    /// Remove every record and hint, and record the flush time.
+    Clear(u64),
     RebuildTree(u16),
 }
 
@@ -183,20 +186,23 @@ fn apply_all(
     let mut log: Vec<Logged> = Vec::new();
     let mut txn = Txn::begin(inner)?;
     let now_us = crate::clock::now_us();
+    // The newest flush, this batch's included: what is older is not stored again.
+    let mut flushed_before = inner.flushed_before.load(Ordering::Acquire);
     for op in batch.drain(..) {
         if close.is_some() {
             // Writes queued behind Close are refused, never half-applied.
-            if let WriteOp::Update { done, .. } | WriteOp::Clear { done } | WriteOp::RebuildTree { done, .. } = op {
+            if let WriteOp::Update { done, .. } | WriteOp::Clear { done, .. } | WriteOp::RebuildTree { done, .. } = op {
                 let _ = done.send(Err(StoreError::Closed));
             }
             continue;
         }
         match op {
             WriteOp::Close { done } => *close = Some(done),
-            WriteOp::Clear { done } => {
+            WriteOp::Clear { before_ms, done } => {
                 acks.push(done);
+                flushed_before = flushed_before.max(before_ms);
                 let from = log.len();
-                log.push(Logged::Clear);
+                log.push(Logged::Clear(flushed_before));
                 txn = replay_on_full(inner, txn, &log, from, None)?;
             }
             WriteOp::RebuildTree { from: first, to, done } => {
@@ -238,8 +244,11 @@ fn apply_all(
                     let _ = done.send(Err(e));
                     continue;
                 }
-                let changes = apply(sets, now_us);
+                // A write made here is dated no earlier than the newest flush (this
+                // node's clock may be behind the one that chose the flush's time).
+                let changes = apply(sets, now_us.max(flushed_before.saturating_mul(1000)));
                 for ((k, lk), change) in ks.iter().zip(lkeys).zip(changes) {
+                    let change = forget_flushed(change, flushed_before);
                     let from = log.len();
                     let full = keys::needs_full_key(k).then_some(&k[..]);
                     let mut known_old = None;
@@ -290,12 +299,29 @@ fn apply_all(
         }
         match txn.wtxn.commit() {
             Ok(()) => {
+                inner.flushed_before.fetch_max(flushed_before, Ordering::AcqRel);
                 inner.stats.commits.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => txn = grow_and_replay(inner, &log)?,
             Err(e) => return Err(map_err(inner, e)),
         }
+    }
+}
+
+/// `change` without the siblings written before the newest flush; a set left with none
+/// is removed.
+fn forget_flushed(change: Change, flushed_before: u64) -> Change {
+    match change {
+        Change::Put(mut set) => match set.forget_written_before(flushed_before) {
+            true => Change::Put(set),
+            false => Change::Remove,
+        },
+        Change::PutHinted(mut set, owners) => match set.forget_written_before(flushed_before) {
+            true => Change::PutHinted(set, owners),
+            false => Change::Remove,
+        },
+        other => other,
     }
 }
 
@@ -384,11 +410,12 @@ fn apply_logged(inner: &Inner, txn: &mut Txn<'_>, l: &Logged, known_old: Option<
         }
         Logged::PutHint(k) => inner.hints.put(wtxn, k, &[]),
         Logged::DeleteHint(k) => inner.hints.delete(wtxn, k).map(|_| ()),
-        Logged::Clear => {
+        Logged::Clear(before_ms) => {
             deltas.clear();
             inner.data.clear(wtxn)?;
             inner.hints.clear(wtxn)?;
-            inner.trees.clear(wtxn)
+            inner.trees.clear(wtxn)?;
+            inner.meta.put(wtxn, super::FLUSHED_BEFORE, &before_ms.to_be_bytes())
         }
         Logged::RebuildTree(p) => {
             // The rebuild reads the records as they are now, changes of this batch

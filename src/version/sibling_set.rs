@@ -145,6 +145,15 @@ impl SiblingSet {
         dot
     }
 
+    /// Drops the siblings written before `before_ms`: a FLUSHALL at that time removed
+    /// them, and a copy arriving late (a replica write still in flight, a repair, an
+    /// anti-entropy push) must not bring them back. The context keeps their dots. True
+    /// when any sibling is left.
+    pub fn forget_written_before(&mut self, before_ms: u64) -> bool {
+        self.siblings.retain(|s| s.written_at_ms >= before_ms);
+        !self.siblings.is_empty()
+    }
+
     /// Merges another replica's state into this one (DVV-set sync).
     ///
     /// Keeps each side's siblings that the other side's context does not
