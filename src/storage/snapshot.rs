@@ -9,7 +9,8 @@
 //! The holder must end the run before it yields to other tasks: the transaction holds the
 //! store's read gate (a map resize waits for it) and, with thread-local reader slots, is
 //! the only read transaction this thread may have open. The connection ends its run before
-//! every await that can suspend.
+//! every await that can suspend. Only the task that started a run reads through it, so
+//! even a run left open by mistake never serves another connection an older snapshot.
 
 use std::cell::RefCell;
 use std::sync::RwLockReadGuard;
@@ -23,6 +24,8 @@ use crate::error::StoreError;
 /// transaction before the gate it was opened under.
 struct Open {
     store: u64,
+    /// The task that started the run (`None` outside a task, in tests).
+    task: Option<tokio::task::Id>,
     txn: Option<(RoTxn<'static, WithTls>, RwLockReadGuard<'static, ()>)>,
 }
 
@@ -41,7 +44,11 @@ impl ReadRun {
     pub(super) fn start(store: u64) -> ReadRun {
         RUN.with(|r| {
             if let Ok(mut r) = r.try_borrow_mut() {
-                *r = Some(Open { store, txn: None });
+                *r = Some(Open {
+                    store,
+                    task: tokio::task::try_id(),
+                    txn: None,
+                });
             }
         });
         ReadRun { store }
@@ -70,7 +77,10 @@ pub(super) fn read<T>(
         let Ok(mut r) = r.try_borrow_mut() else {
             return Err(f);
         };
-        let Some(open) = r.as_mut().filter(|o| o.store == inner.id) else {
+        let Some(open) = r
+            .as_mut()
+            .filter(|o| o.store == inner.id && o.task == tokio::task::try_id())
+        else {
             return Err(f);
         };
         if open.txn.is_none() {

@@ -289,6 +289,18 @@ fn a_run_of_reads_shares_one_snapshot() {
         assert_eq!(value(&store).as_deref(), Some(&b"two"[..]), "after the run");
         let run = store.read_run();
         assert_eq!(value(&store).as_deref(), Some(&b"two"[..]));
+        // Another task never reads through this run, even one left open while others
+        // run: it reads afresh (here it cannot, as this thread's reader slot is taken,
+        // and gets an error), never the run's older snapshot.
+        put(&store, b"three").await;
+        let s2 = store.clone();
+        let seen = tokio::spawn(async move { s2.get(&key(1)).map(|s| s.and_then(|s| s.into_winner(0))) })
+            .await
+            .expect("task");
+        assert!(
+            !matches!(&seen, Ok(Some(s)) if s.value.as_ref() == b"two"),
+            "another task read the run's snapshot"
+        );
         drop(run);
         store.close().await.expect("close");
         other.close().await.expect("close other");
