@@ -13,7 +13,10 @@
 #                   benches/vs_redis.sh
 #   BENCH_N     requests per redis-benchmark run (default: 100000 for -P 1, 200000 for -P 16)
 #   BENCH_CLIENTS  concurrent connections (default 50)
-#   BENCH_REPEAT  runs per cell; the median-rps run is reported (default 1)
+#   BENCH_REPEAT  runs per cell (default 1); redis-server and dynkv take turns run by
+#               run; each side's median-rps run is reported, and the ratio is the median
+#               of the paired runs' ratios (steadier than a ratio of medians on a VM whose
+#               speed drifts)
 #   BENCH_PIN=1 pin servers to the last CPU and redis-benchmark to the others with
 #               taskset (on small machines the client otherwise steals the server's cores)
 #   TMPDIR      where the temporary data dirs go (use a real disk for fsync numbers)
@@ -148,10 +151,22 @@ start_dynkv() {  # PORT DIR fsync(no|always)
 bench() {
     local all="" i
     for i in $(seq 1 "$REPEAT"); do all+="$(bench_once "$@")"$'\n'; done
+    median_runs "$all"
+}
+
+# median_runs RUNS -> per test, the run (of "TEST,rps,p50,p99" lines) with the median rps.
+median_runs() {
     local t
     for t in SET GET; do
-        grep "^$t," <<<"$all" | sort -t, -k2,2g | awk -v k="$REPEAT" 'NR == int((k + 1) / 2)'
+        grep "^$t," <<<"$1" | sort -t, -k2,2g | awk -v k="$REPEAT" 'NR == int((k + 1) / 2)'
     done
+}
+
+# median_ratio TEST REDIS_RUNS DYNKV_RUNS -> the median over the paired runs (the i-th
+# redis run with the i-th dynkv run) of dynkv rps / redis rps.
+median_ratio() {
+    paste -d, <(grep "^$1," <<<"$2" | cut -d, -f2) <(grep "^$1," <<<"$3" | cut -d, -f2) \
+        | awk -F, '$1 > 0 {print $2 / $1}' | sort -g | awk -v k="$REPEAT" 'NR == int((k + 1) / 2)'
 }
 
 bench_once() {
@@ -182,23 +197,29 @@ run_scenario() {  # NAME MODE(no|always)
         timeout "$RUN_TIMEOUT" "${CLIENT_PIN[@]}" redis-benchmark -h "$HOST" -p "$port" -t set,get -n 10000 \
             -c "$CLIENTS" -P 16 -q >/dev/null 2>&1 || die "warm-up against port $port failed"
     done
-    local p n rres dres test
+    local p n rres dres test i rruns druns
     for p in 1 16; do
         if [[ "$p" == 1 ]]; then n="$N_P1"; else n="$N_P16"; fi
-        echo ">> $name: redis-server  -P $p -n $n -c $CLIENTS" >&2
-        rres="$(bench "$rport" "$p" "$n")"
+        # The two servers take turns, run by run, so that a machine whose speed drifts
+        # (a VM's neighbours) moves both sides of each ratio alike.
+        echo ">> $name: redis-server and dynkv in turn, $REPEAT each  -P $p -n $n -c $CLIENTS" >&2
+        rruns=""; druns=""
+        for i in $(seq 1 "$REPEAT"); do
+            rruns+="$(bench_once "$rport" "$p" "$n")"$'\n'
+            druns+="$(bench_once "$dport" "$p" "$n")"$'\n'
+        done
+        rres="$(median_runs "$rruns")"
+        dres="$(median_runs "$druns")"
         REDIS_RES["$name,$p"]="$rres"
-        echo ">> $name: dynkv         -P $p -n $n -c $CLIENTS" >&2
-        dres="$(bench "$dport" "$p" "$n")"
         for test in SET GET; do
-            local rl dl
+            local rl dl ratio
             rl="$(grep "^$test," <<<"$rres" || true)"
             dl="$(grep "^$test," <<<"$dres" || true)"
             [[ -n "$rl" && -n "$dl" ]] || die "missing $test result (redis: '$rres', dynkv: '$dres')"
-            ROWS+=("$(awk -F, -v s="$name" -v t="$test" -v p="$p" -v n="$n" -v rl="$rl" -v dl="$dl" 'BEGIN {
+            ratio="$(median_ratio "$test" "$rruns" "$druns")"
+            ROWS+=("$(awk -F, -v s="$name" -v t="$test" -v p="$p" -v n="$n" -v rl="$rl" -v dl="$dl" -v q="$ratio" 'BEGIN {
                 split(rl, r, ","); split(dl, d, ",");
-                ratio = (r[2] > 0) ? d[2] / r[2] : 0;
-                printf "%s,%s,%s,%s,%.2f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f", s, t, p, n, r[2], d[2], ratio, r[3], r[4], d[3], d[4]
+                printf "%s,%s,%s,%s,%.2f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f", s, t, p, n, r[2], d[2], q, r[3], r[4], d[3], d[4]
             }')")
         done
     done
