@@ -194,11 +194,10 @@ impl<'a> Reader<'a> {
                 _ => Err(DecodeError::Truncated),
             };
         }
+        // Fewer than eight bytes left: byte by byte (none can overflow), and a value
+        // still going at the end is cut short.
         let mut result: u64 = 0;
-        for (i, &b) in rest.iter().take(10).enumerate() {
-            if i == 9 && b > 1 {
-                return Err(DecodeError::VarintOverflow);
-            }
+        for (i, &b) in rest.iter().enumerate() {
             result |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 if b == 0 && i > 0 {
@@ -208,11 +207,7 @@ impl<'a> Reader<'a> {
                 return Ok(result);
             }
         }
-        if rest.len() < 10 {
-            Err(DecodeError::Truncated)
-        } else {
-            Err(DecodeError::VarintOverflow)
-        }
+        Err(DecodeError::Truncated)
     }
 
     /// Reads an element count and checks that `count * min_size` bytes could
