@@ -137,3 +137,22 @@ fn invalid_configs_are_refused_naming_the_setting() {
     let e = refused(&["--no-such-flag"]);
     assert!(e.contains("no-such-flag"), "{e}");
 }
+
+/// The harness's readiness check must not take another process on the port for the node
+/// it started (a parallel test's node that took a just-freed port answered PING for a
+/// node that had failed to bind, and a cluster test then waited on a dead member).
+#[test]
+fn a_node_whose_port_is_taken_is_not_reported_ready() {
+    let first = Server::start(&[]);
+    let port = first.port();
+    let second = Server::try_start_with(Setup {
+        port: PortMode::Given(port),
+        ..Setup::args(&["--port", &port.to_string()])
+    });
+    let err = match second {
+        Ok(_) => panic!("a node that could not bind port {port} was reported ready"),
+        Err(e) => e,
+    };
+    assert!(err.contains("cannot listen"), "{err}");
+    assert_eq!(first.raw().cmd(&[b"PING"]), Resp::Simple("PONG".into()));
+}

@@ -196,28 +196,59 @@ impl Server {
         unreachable!("the last attempt returns")
     }
 
-    /// Waits for `+PONG` (or `-NOAUTH` when a password is set); returns the exit status
-    /// if the process died or the deadline passed.
+    /// Waits until this guard's own process answers on the port: `+PONG`, then `INFO
+    /// server` naming the child's pid (another test's node that took the port first must
+    /// not pass for ours; ours then fails to bind, exits, and the caller retries). With a
+    /// password set but unknown to the guard, `-NOAUTH` plus the child's "listening on"
+    /// log line count instead. Returns the exit status if the process died or the
+    /// deadline passed.
     fn wait_ready(&mut self) -> Result<(), Option<ExitStatus>> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
+            let Some(pid) = self.child.as_ref().map(Child::id) else {
+                return Err(None);
+            };
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
                 return Err(Some(st));
             }
-            if let Ok(mut raw) = Raw::try_connect(self.addr()) {
-                raw.set_timeout(Duration::from_secs(2));
-                if raw.send(b"*1\r\n$4\r\nPING\r\n").is_ok() {
-                    if let Ok(line) = raw.read_line() {
-                        if line == b"+PONG" || line.starts_with(b"-NOAUTH") {
-                            return Ok(());
-                        }
-                    }
-                }
+            if self.answers_as(pid) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         Err(None)
+    }
+
+    /// Whether the process listening on the port is `pid` and serves requests.
+    fn answers_as(&self, pid: u32) -> bool {
+        let Ok(mut raw) = Raw::try_connect(self.addr()) else {
+            return false;
+        };
+        raw.set_timeout(Duration::from_secs(2));
+        if let Some(pw) = &self.setup.password {
+            if raw.send(&encode(&[b"AUTH", pw.as_bytes()])).is_err() || raw.read_line().is_err() {
+                return false;
+            }
+        }
+        if raw.send(b"*1\r\n$4\r\nPING\r\n").is_err() {
+            return false;
+        }
+        match raw.read_line() {
+            Ok(line) if line == b"+PONG" => {}
+            Ok(line) if line.starts_with(b"-NOAUTH") => {
+                let listening = format!("dynkv listening on {}", self.addr());
+                return self.log().contains(&listening);
+            }
+            _ => return false,
+        }
+        if raw.send(&encode(&[b"INFO", b"server"])).is_err() {
+            return false;
+        }
+        match raw.read_reply() {
+            Ok(Resp::Bulk(b)) => info_field(&String::from_utf8_lossy(&b), "process_id") == Some(pid.to_string()),
+            _ => false,
+        }
     }
 
     /// `127.0.0.1:port`.
