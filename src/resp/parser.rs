@@ -199,6 +199,11 @@ impl RequestParser {
     /// closes the connection. The parser is reset, but `buf` is left at an
     /// unspecified position, so parsing must not continue on it.
     pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ParseError> {
+        if self.stage == Stage::Start {
+            if let Some(args) = self.whole_request(buf) {
+                return Ok(Some(args));
+            }
+        }
         let result = self.step(buf);
         if result.is_err() {
             *self = Self::new(self.limits);
@@ -213,6 +218,17 @@ impl RequestParser {
     /// causes a large reservation; 0 when unknown (e.g. inside a line).
     pub fn hint_needed(&self) -> usize {
         self.needed.min(MAX_HINT)
+    }
+
+    /// [`parse`](Self::parse) without the one-pass path, so tests can check that the path
+    /// never changes an outcome.
+    #[cfg(test)]
+    fn parse_by_steps(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ParseError> {
+        let result = self.step(buf);
+        if result.is_err() {
+            *self = Self::new(self.limits);
+        }
+        result
     }
 
     /// The state machine behind [`parse`](Self::parse); loops (never
@@ -324,6 +340,71 @@ impl RequestParser {
                 }
             }
         }
+    }
+
+    /// The common case in one pass: a complete, well-formed multibulk request at the front
+    /// of `buf`, within every limit, is read from the slice and split off at once (one
+    /// split instead of one per header and payload). Anything else (an incomplete
+    /// request, an inline one, an error, a header the quick number reader does not take,
+    /// more than 16 arguments) returns `None` with `buf` and the parser untouched, and the
+    /// state machine decides.
+    fn whole_request(&mut self, buf: &mut BytesMut) -> Option<Vec<Bytes>> {
+        /// Longest header number read here: 15 digits cannot overflow a `u64`.
+        const QUICK_DIGITS: usize = 15;
+        /// Most arguments read here (their positions are kept on the stack).
+        const QUICK_ARGS: usize = 16;
+        let limits = self.limits;
+        // `*<count>\r\n` or `$<len>\r\n` starting at `at`, with `prefix` first; returns the
+        // number and where the line ends. Leading zeros, signs and long lines go the slow way.
+        let header = |bytes: &[u8], at: usize, prefix: u8| -> Option<(usize, usize)> {
+            let rest = bytes.get(at..)?;
+            if rest.first() != Some(&prefix) {
+                return None;
+            }
+            let mut value = 0u64;
+            let mut i = 1;
+            while let Some(&d) = rest.get(i) {
+                if !d.is_ascii_digit() || i > QUICK_DIGITS {
+                    break;
+                }
+                if d == b'0' && i == 1 && rest.get(2) != Some(&b'\r') {
+                    return None;
+                }
+                value = value * 10 + u64::from(d - b'0');
+                i += 1;
+            }
+            if i == 1 || i > limits.max_inline_len || rest.get(i..i + 2) != Some(&b"\r\n"[..]) {
+                return None;
+            }
+            Some((usize::try_from(value).ok()?, at + i + 2))
+        };
+        let bytes: &[u8] = buf;
+        let (count, mut at) = header(bytes, 0, b'*')?;
+        if count == 0 || count > limits.max_multibulk_len || count > QUICK_ARGS {
+            return None;
+        }
+        let mut spans = [(0usize, 0usize); QUICK_ARGS];
+        let mut request_bytes = 0usize;
+        for span in &mut spans[..count] {
+            let (len, start) = header(bytes, at, b'$')?;
+            request_bytes = request_bytes.saturating_add(len).saturating_add(ARG_OVERHEAD);
+            if len > limits.max_bulk_len || request_bytes > limits.max_request_len {
+                return None;
+            }
+            let end = start.checked_add(len)?;
+            if bytes.get(end..end.checked_add(2)?) != Some(&b"\r\n"[..]) {
+                return None;
+            }
+            *span = (start, end);
+            at = end + 2;
+        }
+        let frame = buf.split_to(at).freeze();
+        Some(
+            spans[..count]
+                .iter()
+                .map(|&(start, end)| frame.slice(start..end))
+                .collect(),
+        )
     }
 
     /// Reads a `*`/`$` header line at the front of `buf` and consumes it.
@@ -1006,6 +1087,60 @@ mod tests {
             let chunked = parse_chunked(&data, &sizes);
             // Splitting the input never changes the outcome.
             prop_assert_eq!(whole, chunked);
+        }
+
+        #[test]
+        fn the_one_pass_path_agrees_with_the_state_machine(
+            parts in prop::collection::vec(
+                prop_oneof![
+                    arb_request().prop_map(|r| encode(&r)),
+                    prop::sample::select(vec![
+                        &b"*"[..], b"$", b"\r\n", b"\n", b"0", b"1", b"2", b"00", b"-1", b"x",
+                        b"*1\r\n", b"*2\r\n", b"$0\r\n", b"$1\r\n", b"$01\r\n", b"*0\r\n",
+                        b"$3\r\nGET\r\n", b"$99999999999999999999\r\n", b"*1\r\n$1\r\nk\r\n",
+                        b"*1\r\n$01\r\nk\r\n", b"*01\r\n$1\r\nk\r\n", b"*1\r\n$-0\r\n\r\n", b"*1\r\n$\r\n\r\n",
+                    ]).prop_map(<[u8]>::to_vec),
+                ],
+                0..12,
+            ),
+            // One limit (or none) small enough to be hit, the others Redis's defaults.
+            small in 0usize..5,
+            bound in 0usize..300,
+            // Whole requests in one read (the one-pass case) or a few bytes at a time.
+            sizes in prop::collection::vec(prop_oneof![1usize..40, Just(1 << 16)], 1..4),
+        ) {
+            let data: Vec<u8> = parts.concat();
+            let mut limits = Limits::default();
+            match small {
+                0 => limits.max_inline_len = bound % 8,
+                1 => limits.max_bulk_len = bound % 70,
+                2 => limits.max_multibulk_len = bound % 8,
+                3 => limits.max_request_len = bound,
+                _ => {}
+            }
+            let run = |one_pass: bool| {
+                let mut parser = RequestParser::new(limits);
+                let mut buf = BytesMut::new();
+                let mut out = Vec::new();
+                let mut pos = 0;
+                let mut i = 0;
+                while pos < data.len() {
+                    let end = (pos + sizes[i % sizes.len()]).min(data.len());
+                    i += 1;
+                    buf.extend_from_slice(&data[pos..end]);
+                    pos = end;
+                    loop {
+                        let got = if one_pass { parser.parse(&mut buf) } else { parser.parse_by_steps(&mut buf) };
+                        match got {
+                            Ok(Some(req)) => out.push(req),
+                            Ok(None) => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok((out, buf.len()))
+            };
+            prop_assert_eq!(run(true), run(false));
         }
 
         #[test]
