@@ -16,7 +16,7 @@ pub mod siblings;
 pub mod strings;
 pub mod util;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -165,9 +165,21 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
 
 /// The position of a command in [`COMMANDS`], case-insensitively.
 pub fn lookup_index(name: &[u8]) -> Option<usize> {
-    COMMANDS
-        .iter()
-        .position(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+    /// Longer than every command name: such a name is unknown without a lookup.
+    const LONGEST: usize = 32;
+    static BY_NAME: OnceLock<ahash::AHashMap<&'static [u8], usize>> = OnceLock::new();
+    let by_name = BY_NAME.get_or_init(|| {
+        COMMANDS
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_bytes(), i))
+            .collect()
+    });
+    let mut lower = [0u8; LONGEST];
+    let lower = lower.get_mut(..name.len())?;
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    by_name.get(&*lower).copied()
 }
 
 /// Runs one request.
@@ -258,5 +270,27 @@ pub async fn run(mut ctx: Ctx<'_>, index: Option<usize>) -> Outcome {
         "cluster" => cluster::cluster(&mut ctx).into(),
         "readonly" | "readwrite" => Reply::Ok.into(),
         _ => Reply::err(util::unknown_command(&ctx.args)).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_found_in_any_case_and_nothing_else() {
+        for (i, spec) in COMMANDS.iter().enumerate() {
+            assert_eq!(lookup_index(spec.name.as_bytes()), Some(i), "{}", spec.name);
+            assert_eq!(
+                lookup_index(spec.name.to_uppercase().as_bytes()),
+                Some(i),
+                "{}",
+                spec.name
+            );
+        }
+        assert_eq!(lookup_index(b"gEt"), lookup_index(b"get"));
+        for unknown in [&b""[..], b"ge", b"gett", b"get\0", &[b'g'; 100], b"\xff\xfe"] {
+            assert_eq!(lookup_index(unknown), None, "{unknown:?}");
+        }
     }
 }
