@@ -20,39 +20,65 @@ const TAG_DIGEST: u8 = 1;
 
 /// The LMDB key of a user key.
 pub fn encode(key: &[u8]) -> Vec<u8> {
-    StackKey::new(key).as_slice().to_vec()
+    let mut out = vec![0u8; encoded_len(key)];
+    fill(key, &mut out);
+    out
 }
 
-/// The LMDB key of a user key, built on the stack: reads use it to look a key up
-/// without allocating.
-pub struct StackKey {
-    buf: [u8; HEADER + INLINE_MAX],
-    len: usize,
+/// Longest LMDB key built in [`StackKey`]'s own buffer (keys of up to 53 bytes).
+const SHORT: usize = 64;
+
+/// The LMDB key of a user key, built without allocating when it is short (the usual
+/// case): reads use it to look a key up.
+pub enum StackKey {
+    /// Up to [`SHORT`] bytes, in place.
+    Short([u8; SHORT], u8),
+    /// A longer key.
+    Long(Vec<u8>),
 }
 
 impl StackKey {
-    /// Encodes `key`. Inlined so the buffer is built where the caller keeps it, not
-    /// built and then copied.
+    /// Encodes `key`.
     #[inline]
     pub fn new(key: &[u8]) -> StackKey {
-        let mut buf = [0u8; HEADER + INLINE_MAX];
-        buf[..2].copy_from_slice(&partition_of(key).to_be_bytes());
-        buf[2..10].copy_from_slice(&xxh3_64(key).to_be_bytes());
-        let len = if key.len() <= INLINE_MAX {
-            buf[10] = TAG_INLINE;
-            buf[HEADER..HEADER + key.len()].copy_from_slice(key);
-            HEADER + key.len()
+        let len = encoded_len(key);
+        if len <= SHORT {
+            let mut buf = [0u8; SHORT];
+            fill(key, &mut buf[..len]);
+            StackKey::Short(buf, len as u8)
         } else {
-            buf[10] = TAG_DIGEST;
-            buf[HEADER..HEADER + 16].copy_from_slice(&xxh3_128(key).to_be_bytes());
-            HEADER + 16
-        };
-        StackKey { buf, len }
+            StackKey::Long(encode(key))
+        }
     }
 
     /// The encoded bytes.
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf[..self.len]
+        match self {
+            StackKey::Short(buf, len) => &buf[..usize::from(*len)],
+            StackKey::Long(v) => v,
+        }
+    }
+}
+
+/// The length of `key`'s LMDB key.
+fn encoded_len(key: &[u8]) -> usize {
+    if key.len() <= INLINE_MAX {
+        HEADER + key.len()
+    } else {
+        HEADER + 16
+    }
+}
+
+/// Writes `key`'s LMDB key into `out`, which is exactly [`encoded_len`] bytes long.
+fn fill(key: &[u8], out: &mut [u8]) {
+    out[..2].copy_from_slice(&partition_of(key).to_be_bytes());
+    out[2..10].copy_from_slice(&xxh3_64(key).to_be_bytes());
+    if key.len() <= INLINE_MAX {
+        out[10] = TAG_INLINE;
+        out[HEADER..].copy_from_slice(key);
+    } else {
+        out[10] = TAG_DIGEST;
+        out[HEADER..].copy_from_slice(&xxh3_128(key).to_be_bytes());
     }
 }
 
@@ -119,6 +145,26 @@ mod tests {
         for k in &keys {
             let start = position_start(position(k));
             assert!(start.as_slice() <= k.as_slice());
+        }
+    }
+
+    #[test]
+    fn the_stack_key_is_the_stored_key_on_both_sides_of_its_buffer() {
+        for n in [
+            0,
+            1,
+            SHORT - HEADER - 1,
+            SHORT - HEADER,
+            SHORT - HEADER + 1,
+            INLINE_MAX,
+            INLINE_MAX + 1,
+            10_000,
+        ] {
+            let key: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let stored = encode(&key);
+            assert_eq!(StackKey::new(&key).as_slice(), stored.as_slice(), "length {n}");
+            assert_eq!(u16::from_be_bytes([stored[0], stored[1]]), partition_of(&key));
+            assert_eq!(stored[2..10], xxh3_64(&key).to_be_bytes());
         }
     }
 
