@@ -971,11 +971,10 @@ fn apply(
         Decision::Nothing => Change::Keep,
         Decision::Write { context, sibling } => {
             let mut set = current.unwrap_or_default();
-            let ctx = match context {
-                WriteContext::Current => set.context().clone(),
-                WriteContext::Given(c) => c,
+            match context {
+                WriteContext::Current => set.write_current(node, now_us, sibling),
+                WriteContext::Given(c) => set.write(&c, node, now_us, sibling),
             };
-            set.write(&ctx, node, now_us, sibling);
             match hint_for {
                 Some(owner) => Change::PutHinted(set, vec![owner]),
                 None => Change::Put(set),

@@ -145,6 +145,27 @@ impl SiblingSet {
         dot
     }
 
+    /// [`SiblingSet::write`] with this set's own context: the new value supersedes every
+    /// sibling the set holds (a plain SET). Same result, without copying the context.
+    pub fn write_current(&mut self, node: NodeId, counter_floor: u64, new: NewSibling) -> Dot {
+        let dot = Dot::new(node, self.context.get(node).saturating_add(1).max(counter_floor).max(1));
+        let context = &self.context;
+        self.siblings.retain(|s| !context.covers(s.dot));
+        self.context.advance(dot);
+        let sibling = Sibling {
+            dot,
+            written_at_ms: new.written_at_ms,
+            expires_at_ms: new.expires_at_ms,
+            tombstone: new.tombstone,
+            value: if new.tombstone { Bytes::new() } else { new.value },
+        };
+        match self.siblings.binary_search_by(|s| s.dot.cmp(&dot)) {
+            Ok(i) => self.siblings[i] = sibling,
+            Err(i) => self.siblings.insert(i, sibling),
+        }
+        dot
+    }
+
     /// Drops the siblings written before `before_ms`: a FLUSHALL at that time removed
     /// them, and a copy arriving late (a replica write still in flight, a repair, an
     /// anti-entropy push) must not bring them back. The context keeps their dots. True
@@ -669,6 +690,54 @@ mod tests {
                     prop_assert_eq!(by_dot.get(&s.dot), Some(s));
                 }
             }
+        }
+
+        #[test]
+        fn prop_write_current_is_write_with_the_own_context(
+            ops in arb_ops(),
+            node in 0..NODES.len(),
+            floor in prop_oneof![3 => Just(0u64), 1 => 0..40u64],
+            tombstone in proptest::bool::weighted(0.2),
+            at in 0..20u64,
+        ) {
+            let h = run(&ops);
+            for snap in &h.snapshots {
+                let new = NewSibling {
+                    value: Bytes::from_static(b"v"),
+                    written_at_ms: at,
+                    expires_at_ms: None,
+                    tombstone,
+                };
+                let mut general = snap.clone();
+                let own = general.context().clone();
+                let d1 = general.write(&own, NODES[node], floor, new.clone());
+                let mut quick = snap.clone();
+                let d2 = quick.write_current(NODES[node], floor, new);
+                prop_assert_eq!(d1, d2);
+                prop_assert_eq!(&quick, &general);
+            }
+        }
+
+        #[test]
+        fn prop_join_is_the_pointwise_maximum(
+            a in proptest::collection::btree_map(0..6u64, 1..5u64, 0..5),
+            b in proptest::collection::btree_map(0..6u64, 1..5u64, 0..5),
+        ) {
+            let vv = |m: &BTreeMap<u64, u64>| {
+                let mut v = VersionVector::new();
+                for (&n, &c) in m {
+                    v.advance(Dot::new(n, c));
+                }
+                v
+            };
+            let mut joined = vv(&a);
+            joined.join(&vv(&b));
+            let mut want = a.clone();
+            for (n, c) in &b {
+                let e = want.entry(*n).or_insert(0);
+                *e = (*e).max(*c);
+            }
+            prop_assert_eq!(joined, vv(&want));
         }
 
         #[test]

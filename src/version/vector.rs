@@ -122,6 +122,10 @@ impl VersionVector {
             self.entries.clone_from(&other.entries);
             return;
         }
+        // The usual case in a write: the client's context is this one or older.
+        if self.descends(other) {
+            return;
+        }
         let mut out = Vec::with_capacity(self.entries.len() + other.entries.len());
         let (mut a, mut b) = (self.entries.iter().peekable(), other.entries.iter().peekable());
         loop {
