@@ -327,7 +327,10 @@ async fn run(
             return Ok(());
         }
         rbuf.reserve(parser.hint_needed().max(4096));
+        // The socket first: a read that is ready needs no look at the shutdown signal,
+        // which is checked above before every read anyway.
         let n = tokio::select! {
+            biased;
             r = conn.socket.read_buf(rbuf) => r?,
             _ = &mut stop => return Ok(()),
         };
