@@ -1,5 +1,6 @@
-//! Replies, and their encoding as RESP2 or RESP3 with the `redis-protocol` crate. Must not
-//! know commands: handlers build a [`Reply`], the connection encodes it for its protocol.
+//! Replies, and their encoding as RESP2 or RESP3: the hot forms by hand, the rest with the
+//! `redis-protocol` crate. Must not know commands: handlers build a [`Reply`], the
+//! connection encodes it for its protocol.
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Frame2;
