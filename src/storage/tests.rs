@@ -1,6 +1,7 @@
 //! Store tests that need LMDB itself: the anti-entropy trees against their records.
 
 use std::collections::BTreeMap;
+use std::task::Poll;
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -374,4 +375,163 @@ fn a_flush_keeps_older_siblings_out() {
         );
         store.close().await.expect("close");
     });
+}
+
+/// One write of [`a_batch_of_writes_to_few_keys_matches_them_one_by_one`].
+#[derive(Debug, Clone)]
+enum HotOp {
+    /// A plain put of a fresh version.
+    Put(u8, u8),
+    /// A merge with the current version (the decision reads it).
+    Merge(u8, u8),
+    /// A decision to change nothing.
+    Keep(u8),
+    Remove(u8),
+    /// A put held as a hint for this owner.
+    Hinted(u8, u8, u64),
+    /// The hint for this owner delivered; the record goes too when asked and no other
+    /// hint holds it.
+    HandedOff(u8, u64, bool),
+    /// Puts to two keys at once.
+    Pair(u8, u8, u8),
+}
+
+/// What `op` does to the sets of its keys, given them (the same for the store and the
+/// model).
+fn hot_changes(op: &HotOp, node: u64, current: Vec<Option<SiblingSet>>) -> Vec<Change> {
+    let mut current = current.into_iter();
+    let mut cur = current.next().flatten();
+    match *op {
+        HotOp::Put(_, v) => vec![Change::Put(set_of(node, &[v], false))],
+        HotOp::Merge(_, v) => {
+            let mut s = cur.take().unwrap_or_default();
+            s.merge(&set_of(node, &[v; 40], false));
+            vec![Change::Put(s)]
+        }
+        HotOp::Keep(_) => vec![Change::Keep],
+        HotOp::Remove(_) => vec![Change::Remove],
+        HotOp::Hinted(_, v, owner) => vec![Change::PutHinted(set_of(node, &[v], false), vec![owner])],
+        HotOp::HandedOff(_, owner, remove_record) => vec![Change::HandedOff { owner, remove_record }],
+        HotOp::Pair(_, _, v) => vec![
+            Change::Put(set_of(node, &[v], false)),
+            Change::Put(set_of(node, &[v, v], false)),
+        ],
+    }
+}
+
+fn hot_keys(op: &HotOp) -> Vec<u8> {
+    match *op {
+        HotOp::Put(k, _) | HotOp::Merge(k, _) | HotOp::Keep(k) | HotOp::Remove(k) => vec![k],
+        HotOp::Hinted(k, _, _) | HotOp::HandedOff(k, _, _) => vec![k],
+        HotOp::Pair(a, b, _) => vec![a, b],
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Many writes to a few keys queued together (so that one group commit holds several
+    /// writes of one key, which the writer combines) end in the records, hints and trees
+    /// that applying them one at a time gives, each decision seeing the writes before it.
+    /// (Short keys only: a hint of a gone record with a long key cannot name its key.)
+    #[test]
+    fn a_batch_of_writes_to_few_keys_matches_them_one_by_one(
+        ops in proptest::collection::vec(
+            prop_oneof![
+                4 => (1..4u8, any::<u8>()).prop_map(|(k, v)| HotOp::Put(k, v)),
+                3 => (1..4u8, any::<u8>()).prop_map(|(k, v)| HotOp::Merge(k, v)),
+                1 => (1..4u8).prop_map(HotOp::Keep),
+                1 => (1..4u8).prop_map(HotOp::Remove),
+                1 => (1..4u8, any::<u8>(), 1..3u64).prop_map(|(k, v, o)| HotOp::Hinted(k, v, o)),
+                1 => (1..4u8, 1..3u64, any::<bool>()).prop_map(|(k, o, r)| HotOp::HandedOff(k, o, r)),
+                1 => (1..4u8, 1..4u8, any::<u8>()).prop_map(|(a, b, v)| HotOp::Pair(a, b, v)),
+            ],
+            1..60,
+        ),
+        group in 1usize..40,
+        clear_at in proptest::option::of(0usize..60),
+    ) {
+        // The model: each key's set and the owners its hints are held for.
+        let mut model: BTreeMap<u8, SiblingSet> = BTreeMap::new();
+        let mut hints: BTreeMap<u8, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let store = Store::open(dir.path(), Fsync::No, 64 * 1024).expect("open");
+            let mut pending = Vec::new();
+            let mut clears = Vec::new();
+            for (i, op) in ops.iter().enumerate() {
+                if clear_at == Some(i) {
+                    // Queued behind the writes before it, in the same group commit when
+                    // they are still waiting: polled once, it is sent, then awaited later.
+                    let mut clear = Box::pin(store.clear(0));
+                    let first = std::future::poll_fn(|cx| Poll::Ready(clear.as_mut().poll(cx))).await;
+                    clears.push((first, clear));
+                    model.clear();
+                    hints.clear();
+                }
+                let node = i as u64 + 1;
+                let ks = hot_keys(op);
+                // The model, one write at a time (a repeated key sees the first state).
+                let current: Vec<Option<SiblingSet>> = ks.iter().map(|k| model.get(k).cloned()).collect();
+                for (k, change) in ks.iter().zip(hot_changes(op, node, current)) {
+                    match change {
+                        Change::Keep => {}
+                        Change::Put(s) => {
+                            model.insert(*k, s);
+                        }
+                        Change::PutHinted(s, owners) => {
+                            model.insert(*k, s);
+                            hints.entry(*k).or_default().extend(owners);
+                        }
+                        Change::Remove => {
+                            model.remove(k);
+                        }
+                        Change::HandedOff { owner, remove_record } => {
+                            let held = hints.entry(*k).or_default();
+                            held.remove(&owner);
+                            if remove_record && held.is_empty() {
+                                model.remove(k);
+                            }
+                        }
+                    }
+                }
+                let op = op.clone();
+                let queued = store
+                    .submit_many(ks.iter().map(|&k| key(k)).collect(), move |sets, _| {
+                        (hot_changes(&op, node, sets), ())
+                    })
+                    .await
+                    .expect("queue");
+                pending.push(queued);
+                if pending.len() >= group {
+                    for p in pending.drain(..) {
+                        p.wait().await.expect("write");
+                    }
+                }
+            }
+            for p in pending.drain(..) {
+                p.wait().await.expect("write");
+            }
+            for (first, clear) in clears {
+                match first {
+                    Poll::Ready(r) => r.expect("clear"),
+                    Poll::Pending => clear.await.expect("clear"),
+                }
+            }
+            for k in 1..4u8 {
+                prop_assert_eq!(store.get(&key(k)).expect("get"), model.get(&k).cloned(), "key {}", k);
+            }
+            let (stored_hints, _) = store.hints(&[], 100).expect("hints");
+            let stored_hints: std::collections::BTreeSet<(Bytes, u64)> =
+                stored_hints.into_iter().map(|h| (h.key, h.owner)).collect();
+            let model_hints: std::collections::BTreeSet<(Bytes, u64)> = hints
+                .iter()
+                .flat_map(|(k, owners)| owners.iter().map(move |o| (key(*k), *o)))
+                .collect();
+            prop_assert_eq!(stored_hints, model_hints);
+            prop_assert_eq!(stored_trees(&store), expected_trees(&store));
+            store.close().await.expect("close");
+            Ok(())
+        })?;
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! It takes one queued operation, then every other already queued (up to a bound), applies
 //! them in order in one transaction (each sees the ones before it), commits once, and only
-//! then acknowledges them all. When the map is full it aborts, doubles the map and replays
+//! then acknowledges them all. Plain puts of one key are combined: the key's latest version
+//! is kept in memory and stored once per batch (see [`Held`]). When the map is full it aborts, doubles the map and replays
 //! the batch's changes, which were computed once and kept as encoded puts.
 
 use std::sync::Arc;
@@ -188,6 +189,7 @@ fn apply_all(
     let now_us = crate::clock::now_us();
     // The newest flush, this batch's included: what is older is not stored again.
     let mut flushed_before = inner.flushed_before.load(Ordering::Acquire);
+    let mut held = Held::default();
     for op in batch.drain(..) {
         if close.is_some() {
             // Writes queued behind Close are refused, never half-applied.
@@ -199,6 +201,7 @@ fn apply_all(
         match op {
             WriteOp::Close { done } => *close = Some(done),
             WriteOp::Clear { before_ms, done } => {
+                txn = flush_held(inner, txn, &mut log, &mut held)?;
                 acks.push(done);
                 flushed_before = flushed_before.max(before_ms);
                 let from = log.len();
@@ -206,35 +209,37 @@ fn apply_all(
                 txn = replay_on_full(inner, txn, &log, from, None)?;
             }
             WriteOp::RebuildTree { from: first, to, done } => {
+                txn = flush_held(inner, txn, &mut log, &mut held)?;
                 acks.push(done);
                 let from = log.len();
                 log.extend((first..to).map(Logged::RebuildTree));
                 txn = replay_on_full(inner, txn, &log, from, None)?;
             }
+            WriteOp::Update { keys: ks, apply, done } if ks.len() == 1 => {
+                let now = now_us.max(flushed_before.saturating_mul(1000));
+                let (next, outcome) = update_one(inner, txn, &mut log, &mut held, &ks[0], apply, now, flushed_before)?;
+                txn = next;
+                match outcome {
+                    Ok(()) => acks.push(done),
+                    // One unreadable record fails its own operation, not the batch.
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                    }
+                }
+            }
             WriteOp::Update { keys: ks, apply, done } => {
+                txn = flush_held(inner, txn, &mut log, &mut held)?;
                 let mut lkeys = Vec::with_capacity(ks.len());
                 let mut sets = Vec::with_capacity(ks.len());
                 let mut failed = None;
-                // The tree contribution of a one-key operation's current record, taken
-                // from the read the decision needs, so the put does not read it again.
-                // (With several keys, one may repeat and then its second read is stale.)
-                let mut read_hash = None;
                 for k in &ks {
                     let lk = keys::encode(k);
                     match inner.data.get(&txn.wtxn, &lk) {
                         Ok(Some(bytes)) => match record::decode(bytes) {
-                            Ok((_, set)) => {
-                                if ks.len() == 1 {
-                                    read_hash = Some(tree::record_hash(&lk, bytes));
-                                }
-                                sets.push(Some(set));
-                            }
+                            Ok((_, set)) => sets.push(Some(set)),
                             Err(e) => failed = Some(e),
                         },
-                        Ok(None) => {
-                            read_hash = Some(0);
-                            sets.push(None);
-                        }
+                        Ok(None) => sets.push(None),
                         Err(e) => failed = Some(e.into()),
                     }
                     lkeys.push(lk);
@@ -248,40 +253,13 @@ fn apply_all(
                 // node's clock may be behind the one that chose the flush's time).
                 let changes = apply(sets, now_us.max(flushed_before.saturating_mul(1000)));
                 for ((k, lk), change) in ks.iter().zip(lkeys).zip(changes) {
-                    let change = forget_flushed(change, flushed_before);
-                    let from = log.len();
-                    let full = keys::needs_full_key(k).then_some(&k[..]);
-                    let mut known_old = None;
-                    match change {
-                        Change::Keep => continue,
-                        Change::Put(set) => {
-                            known_old = read_hash.filter(|_| ks.len() == 1);
-                            log.push(Logged::Put(lk, record::encode(full, &set)));
-                        }
-                        Change::PutHinted(set, owners) => {
-                            for owner in owners {
-                                log.push(Logged::PutHint(hint_key(&lk, owner)));
-                            }
-                            log.push(Logged::Put(lk, record::encode(full, &set)));
-                        }
-                        Change::Remove => log.push(Logged::Delete(lk)),
-                        Change::HandedOff { owner, remove_record } => {
-                            // The record stays while it is still held for another owner.
-                            let held_for_others =
-                                other_hints(inner, &txn.wtxn, &lk, owner).map_err(|e| map_err(inner, e))?;
-                            log.push(Logged::DeleteHint(hint_key(&lk, owner)));
-                            if remove_record && !held_for_others {
-                                log.push(Logged::Delete(lk));
-                            }
-                        }
-                    }
-                    inner.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    txn = replay_on_full(inner, txn, &log, from, known_old)?;
+                    txn = write_through(inner, txn, &mut log, lk, k, forget_flushed(change, flushed_before))?;
                 }
                 acks.push(done);
             }
         }
     }
+    txn = flush_held(inner, txn, &mut log, &mut held)?;
     if log.is_empty() {
         txn.wtxn.abort();
         return Ok(());
@@ -307,6 +285,140 @@ fn apply_all(
             Err(e) => return Err(map_err(inner, e)),
         }
     }
+}
+
+/// Records a batch has written but not yet put into LMDB, by LMDB key: a key written
+/// again and again in one batch (a hot key) is decoded once, and encoded, hashed and put
+/// once, when the batch flushes it, not once per write. Every write still sees the ones
+/// before it, and all are acknowledged only after the commit, so nobody can tell.
+type Held = ahash::AHashMap<Vec<u8>, HeldRecord>;
+
+/// A record held back by [`Held`].
+struct HeldRecord {
+    /// The user key (a long key is stored in the record).
+    key: Bytes,
+    /// The latest version.
+    set: SiblingSet,
+    /// The tree contribution of the record in the transaction, which the held one will
+    /// replace (0 for none).
+    stored_hash: u128,
+}
+
+/// Puts every held record into the transaction (before anything that reads the
+/// transaction's records or writes several keys, and before the commit).
+fn flush_held<'e>(
+    inner: &'e Inner,
+    mut txn: Txn<'e>,
+    log: &mut Vec<Logged>,
+    held: &mut Held,
+) -> Result<Txn<'e>, StoreError> {
+    for (lk, h) in held.drain() {
+        let full = keys::needs_full_key(&h.key).then_some(&h.key[..]);
+        let from = log.len();
+        log.push(Logged::Put(lk, record::encode(full, &h.set)));
+        txn = replay_on_full(inner, txn, log, from, Some(h.stored_hash))?;
+    }
+    Ok(txn)
+}
+
+/// Applies a one-key update: its current set is the held one or the stored one; a plain
+/// put of the result is held (see [`Held`]), any other change is written through (after
+/// the held version it applies to). Returns the transaction and the operation's own
+/// outcome; an `Err` fails the batch.
+#[allow(clippy::too_many_arguments)]
+fn update_one<'e>(
+    inner: &'e Inner,
+    mut txn: Txn<'e>,
+    log: &mut Vec<Logged>,
+    held: &mut Held,
+    key: &Bytes,
+    apply: Apply,
+    now_us: u64,
+    flushed_before: u64,
+) -> Result<(Txn<'e>, Result<(), StoreError>), StoreError> {
+    let lookup = keys::StackKey::new(key);
+    // `kept`: the held version, which the decision consumes but a change other than a
+    // put must not lose.
+    let (lk, current, kept, stored_hash) = match held.remove_entry(lookup.as_slice()) {
+        Some((lk, h)) => (lk, Some(h.set.clone()), Some(h.set), h.stored_hash),
+        None => {
+            let lk = lookup.as_slice().to_vec();
+            match inner.data.get(&txn.wtxn, &lk) {
+                Ok(Some(bytes)) => match record::decode(bytes) {
+                    Ok((_, set)) => {
+                        let hash = tree::record_hash(&lk, bytes);
+                        (lk, Some(set), None, hash)
+                    }
+                    Err(e) => return Ok((txn, Err(e))),
+                },
+                Ok(None) => (lk, None, None, 0),
+                Err(e) => return Ok((txn, Err(e.into()))),
+            }
+        }
+    };
+    let change = apply(vec![current], now_us).into_iter().next().unwrap_or(Change::Keep);
+    let change = forget_flushed(change, flushed_before);
+    let hold = |held: &mut Held, lk: Vec<u8>, set: SiblingSet| {
+        let record = HeldRecord {
+            key: key.clone(),
+            set,
+            stored_hash,
+        };
+        held.insert(lk, record);
+    };
+    match (change, kept) {
+        (Change::Keep, None) => {}
+        (Change::Keep, Some(set)) => hold(held, lk, set),
+        (Change::Put(set), _) => {
+            hold(held, lk, set);
+            inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        (change, kept) => {
+            if let Some(set) = kept {
+                let full = keys::needs_full_key(key).then_some(&key[..]);
+                let from = log.len();
+                log.push(Logged::Put(lk.clone(), record::encode(full, &set)));
+                txn = replay_on_full(inner, txn, log, from, Some(stored_hash))?;
+            }
+            txn = write_through(inner, txn, log, lk, key, change)?;
+        }
+    }
+    Ok((txn, Ok(())))
+}
+
+/// Logs and applies `change` to the record under `lk` (user key `key`) in the
+/// transaction.
+fn write_through<'e>(
+    inner: &'e Inner,
+    txn: Txn<'e>,
+    log: &mut Vec<Logged>,
+    lk: Vec<u8>,
+    key: &[u8],
+    change: Change,
+) -> Result<Txn<'e>, StoreError> {
+    let full = keys::needs_full_key(key).then_some(key);
+    let from = log.len();
+    match change {
+        Change::Keep => return Ok(txn),
+        Change::Put(set) => log.push(Logged::Put(lk, record::encode(full, &set))),
+        Change::PutHinted(set, owners) => {
+            for owner in owners {
+                log.push(Logged::PutHint(hint_key(&lk, owner)));
+            }
+            log.push(Logged::Put(lk, record::encode(full, &set)));
+        }
+        Change::Remove => log.push(Logged::Delete(lk)),
+        Change::HandedOff { owner, remove_record } => {
+            // The record stays while it is still held for another owner.
+            let held_for_others = other_hints(inner, &txn.wtxn, &lk, owner).map_err(|e| map_err(inner, e))?;
+            log.push(Logged::DeleteHint(hint_key(&lk, owner)));
+            if remove_record && !held_for_others {
+                log.push(Logged::Delete(lk));
+            }
+        }
+    }
+    inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+    replay_on_full(inner, txn, log, from, None)
 }
 
 /// `change` without the siblings written before the newest flush; a set left with none
