@@ -13,6 +13,9 @@
 #                   benches/vs_redis.sh
 #   BENCH_N     requests per redis-benchmark run (default: 100000 for -P 1, 200000 for -P 16)
 #   BENCH_CLIENTS  concurrent connections (default 50)
+#   BENCH_KEYSPACE  spread the requests over this many random keys (redis-benchmark -r);
+#               default: redis-benchmark's single key, on which dynkv's group commit
+#               combines the writes of one batch into one stored version
 #   BENCH_REPEAT  runs per cell (default 1); redis-server and dynkv take turns run by
 #               run; each side's median-rps run is reported, and the ratio is the median
 #               of the paired runs' ratios (steadier than a ratio of medians on a VM whose
@@ -38,6 +41,8 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 DYNKV_BIN="${DYNKV_BIN:-$REPO_ROOT/target/release/dynkv}"
 DYNKV_CMD="${DYNKV_CMD:-}"
 CLIENTS="${BENCH_CLIENTS:-50}"
+KEYSPACE_ARGS=()
+if [[ -n "${BENCH_KEYSPACE:-}" ]]; then KEYSPACE_ARGS=(-r "$BENCH_KEYSPACE"); fi
 N_P1="${BENCH_N:-100000}"
 N_P16="${BENCH_N:-200000}"
 OUT="${BENCH_OUT:-$REPO_ROOT/benches/results/vs_redis.csv}"
@@ -172,7 +177,7 @@ median_ratio() {
 bench_once() {
     local port="$1" pipeline="$2" n="$3" raw
     raw="$(timeout "$RUN_TIMEOUT" "${CLIENT_PIN[@]}" redis-benchmark -h "$HOST" -p "$port" -t set,get -n "$n" \
-        -c "$CLIENTS" -P "$pipeline" --csv 2>&1)" || {
+        -c "$CLIENTS" -P "$pipeline" "${KEYSPACE_ARGS[@]}" --csv 2>&1)" || {
         echo "redis-benchmark failed on port $port (P=$pipeline):" >&2; echo "$raw" >&2; return 1; }
     # --csv columns (redis-benchmark 7): test,rps,avg,min,p50,p95,p99,max
     local header
@@ -307,7 +312,7 @@ run_cluster_row() {  # NAME MODE (the scenario whose redis-server numbers are th
 
 echo "# dynkv vs redis-server: $(redis-benchmark --version 2>/dev/null | head -n1), $(redis-server --version | awk '{print $3}')" >&2
 echo "# data dirs under $TMP_ROOT ($(df -PT "$TMP_ROOT" | awk 'NR == 2 {print $2 " on " $1}'))" >&2
-echo "# host: $(uname -srm), $(nproc 2>/dev/null || echo ?) cores, clients=$CLIENTS, repeat=$REPEAT, pin=${BENCH_PIN:-0}, date=$(date -u +%FT%TZ)" >&2
+echo "# host: $(uname -srm), $(nproc 2>/dev/null || echo ?) cores, clients=$CLIENTS, repeat=$REPEAT, pin=${BENCH_PIN:-0}, keyspace=${BENCH_KEYSPACE:-1}, date=$(date -u +%FT%TZ)" >&2
 if [[ -n "$DYNKV_CMD" ]]; then echo "# dynkv side: DYNKV_CMD override ($DYNKV_CMD)" >&2
 else echo "# dynkv side: $DYNKV_BIN" >&2; fi
 
