@@ -124,10 +124,25 @@ impl SiblingSet {
     /// sibling is added, and the context becomes
     /// `join(self.context, ctx) + dot`. A tombstone's value is stored empty.
     pub fn write(&mut self, ctx: &VersionVector, node: NodeId, counter_floor: u64, new: NewSibling) -> Dot {
-        let base = self.context.get(node).max(ctx.get(node));
-        let dot = Dot::new(node, base.saturating_add(1).max(counter_floor).max(1));
+        let dot = next_dot(node, self.context.get(node).max(ctx.get(node)), counter_floor);
         self.siblings.retain(|s| !ctx.covers(s.dot));
         self.context.join(ctx);
+        self.add(dot, new);
+        dot
+    }
+
+    /// [`SiblingSet::write`] with this set's own context: the new value supersedes every
+    /// sibling the set holds (a plain SET). Same result, without copying the context.
+    pub fn write_current(&mut self, node: NodeId, counter_floor: u64, new: NewSibling) -> Dot {
+        let dot = next_dot(node, self.context.get(node), counter_floor);
+        let context = &self.context;
+        self.siblings.retain(|s| !context.covers(s.dot));
+        self.add(dot, new);
+        dot
+    }
+
+    /// Adds `new` under `dot` and advances the context past it (the end of a write).
+    fn add(&mut self, dot: Dot, new: NewSibling) {
         self.context.advance(dot);
         let sibling = Sibling {
             dot,
@@ -142,28 +157,6 @@ impl SiblingSet {
             Ok(i) => self.siblings[i] = sibling,
             Err(i) => self.siblings.insert(i, sibling),
         }
-        dot
-    }
-
-    /// [`SiblingSet::write`] with this set's own context: the new value supersedes every
-    /// sibling the set holds (a plain SET). Same result, without copying the context.
-    pub fn write_current(&mut self, node: NodeId, counter_floor: u64, new: NewSibling) -> Dot {
-        let dot = Dot::new(node, self.context.get(node).saturating_add(1).max(counter_floor).max(1));
-        let context = &self.context;
-        self.siblings.retain(|s| !context.covers(s.dot));
-        self.context.advance(dot);
-        let sibling = Sibling {
-            dot,
-            written_at_ms: new.written_at_ms,
-            expires_at_ms: new.expires_at_ms,
-            tombstone: new.tombstone,
-            value: if new.tombstone { Bytes::new() } else { new.value },
-        };
-        match self.siblings.binary_search_by(|s| s.dot.cmp(&dot)) {
-            Ok(i) => self.siblings[i] = sibling,
-            Err(i) => self.siblings.insert(i, sibling),
-        }
-        dot
     }
 
     /// Drops the siblings written before `before_ms`: a FLUSHALL at that time removed
@@ -277,6 +270,12 @@ impl SiblingSet {
         }
         None
     }
+}
+
+/// The dot of a write by `node` whose context has seen `base` of its writes: the next
+/// counter, and at least `counter_floor` (and 1).
+fn next_dot(node: NodeId, base: u64, counter_floor: u64) -> Dot {
+    Dot::new(node, base.saturating_add(1).max(counter_floor).max(1))
 }
 
 #[cfg(test)]
