@@ -48,6 +48,10 @@ const TREE_PROGRESS: &[u8] = b"tree-progress";
 /// Metadata key of the newest FLUSHALL's time (ms since the Unix epoch, u64 big endian):
 /// siblings written before it are never stored again (see [`Store::clear`]).
 const FLUSHED_BEFORE: &[u8] = b"flushed-before";
+/// Metadata key present while the stored anti-entropy trees are behind their records
+/// (tree changes pending in memory, see [`tree::Pending`]): a store opened with it
+/// rebuilds its trees.
+const TREES_BEHIND: &[u8] = b"trees-behind";
 /// A tree rebuild step stops adding partitions past this many records...
 const REBUILD_RECORDS: usize = 4096;
 /// ... or this many partitions.
@@ -81,6 +85,8 @@ pub(crate) struct Inner {
     /// Partitions below this one have a tree that matches their records; the rest wait
     /// for the background rebuild ([`PARTITIONS`] when every tree is sound).
     tree_ready_below: AtomicU32,
+    /// Tree changes committed but not yet stored in `trees`.
+    pending: Mutex<tree::Pending>,
     /// The newest FLUSHALL's time, as committed (see [`Store::clear`]).
     flushed_before: AtomicU64,
     /// Shared by read transactions, taken exclusively to resize the map (LMDB requires
@@ -208,6 +214,12 @@ impl Store {
         // Trees built by this release are sound; an empty store has sound (empty) trees;
         // otherwise (a store from before trees, or of another tree format) a background
         // rebuild resumes where it stopped.
+        if meta.get(&wtxn, TREES_BEHIND)?.is_some() {
+            // The node stopped with tree changes only in memory: rebuild every tree.
+            tracing::warn!("anti-entropy trees are behind their records after an unclean stop; rebuilding them");
+            meta.delete(&mut wtxn, TREES_BEHIND)?;
+            meta.delete(&mut wtxn, TREE_PROGRESS)?;
+        }
         let ready = match meta.get(&wtxn, TREE_PROGRESS)? {
             Some([tree::TREE_FORMAT, below @ ..]) => below
                 .try_into()
@@ -235,6 +247,7 @@ impl Store {
             hints,
             trees,
             tree_ready_below: AtomicU32::new(ready),
+            pending: Mutex::new(tree::Pending::default()),
             flushed_before: AtomicU64::new(flushed_before),
             gate: Box::leak(Box::default()),
             write_lock: WriteTurn::default(),
@@ -350,6 +363,17 @@ impl Store {
 
     fn read<T>(&self, f: impl FnOnce(&heed::RoTxn<'_, WithTls>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         snapshot::read(&self.inner, f)
+    }
+
+    /// Runs `f` in a read transaction begun now, never a run's older one: readers of the
+    /// trees must see the commits of the pending changes they hold.
+    fn read_fresh<T>(
+        &self,
+        f: impl FnOnce(&heed::RoTxn<'_, WithTls>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _gate = self.inner.gate.read();
+        let rtxn = self.inner.env.read_txn()?;
+        f(&rtxn)
     }
 
     /// The stored sibling set of `key`, if any (expired or dead sets included: callers
@@ -559,16 +583,18 @@ impl Store {
 
     /// Every partition's non-zero tree root, in partition order.
     pub fn tree_roots(&self) -> Result<Vec<(u16, u128)>, StoreError> {
-        self.read(|rtxn| Ok(tree::roots(&self.inner.trees, rtxn)?))
+        let pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_fresh(|rtxn| Ok(tree::roots(&self.inner.trees, rtxn, &pending)?))
     }
 
     /// The non-zero tree leaves of these partitions: (partition, leaf, hash).
     pub fn tree_leaves(&self, partitions: &[u16]) -> Result<Vec<(u16, u8, u128)>, StoreError> {
-        self.read(|rtxn| {
+        let pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_fresh(|rtxn| {
             let mut out = Vec::new();
             for &p in partitions {
                 out.extend(
-                    tree::leaves(&self.inner.trees, rtxn, p)?
+                    tree::leaves(&self.inner.trees, rtxn, &pending, p)?
                         .into_iter()
                         .map(|(l, h)| (p, l, h)),
                 );

@@ -42,7 +42,27 @@ fn expected_trees(store: &Store) -> BTreeMap<Vec<u8>, u128> {
     out
 }
 
+/// The trees as their readers see them: stored, with the changes pending in memory.
 fn stored_trees(store: &Store) -> BTreeMap<Vec<u8>, u128> {
+    let mut out = BTreeMap::new();
+    let mut partitions = std::collections::BTreeSet::new();
+    for (p, h) in store.tree_roots().expect("roots") {
+        let pb = p.to_be_bytes();
+        out.insert(vec![0, pb[0], pb[1]], h);
+        partitions.insert(p);
+    }
+    // The partitions with records too, so a leaf left without its root shows.
+    partitions.extend(expected_trees(store).keys().map(|k| u16::from_be_bytes([k[1], k[2]])));
+    let partitions: Vec<u16> = partitions.into_iter().collect();
+    for (p, leaf, h) in store.tree_leaves(&partitions).expect("leaves") {
+        let pb = p.to_be_bytes();
+        out.insert(vec![1, pb[0], pb[1], leaf], h);
+    }
+    out
+}
+
+/// The trees in the trees database alone.
+fn raw_trees(store: &Store) -> BTreeMap<Vec<u8>, u128> {
     let inner = &store.inner;
     let rtxn = inner.env.read_txn().expect("rtxn");
     inner
@@ -132,9 +152,73 @@ proptest! {
             }
             prop_assert_eq!(stored_trees(&store), expected_trees(&store));
             store.close().await.expect("close");
+            drop(store);
+            // Closing stores what was pending.
+            let store = Store::open(dir.path(), Fsync::No, 64 * 1024).expect("reopen");
+            prop_assert!(store.trees_ready());
+            prop_assert_eq!(raw_trees(&store), expected_trees(&store));
+            store.close().await.expect("close");
             Ok(())
         })?;
     }
+}
+
+/// Tree changes wait in memory and are stored about once a second; a store that stops
+/// without storing them (a crash: here, a copy of its file taken while it runs) rebuilds
+/// its trees when opened, and one that closes has them stored.
+#[test]
+fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashed = tempfile::tempdir().expect("tempdir");
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        for k in 0..200u8 {
+            store
+                .update(key(k), move |_| (Change::Put(set_of(5, &[k], false)), ()))
+                .await
+                .expect("write");
+        }
+        let want = expected_trees(&store);
+        assert_eq!(stored_trees(&store), want, "readers see the pending changes");
+        assert_ne!(raw_trees(&store), want, "the changes are still pending");
+        std::fs::copy(dir.path().join("data.mdb"), crashed.path().join("data.mdb")).expect("copy");
+        // Once due, the next commit stores them all.
+        tokio::time::sleep(tree::FLUSH_AFTER).await;
+        store
+            .update(key(0), |_| (Change::Put(set_of(6, b"later", false)), ()))
+            .await
+            .expect("write");
+        assert_eq!(raw_trees(&store), expected_trees(&store), "stored once due");
+        store.update(key(1), |_| (Change::Remove, ())).await.expect("remove");
+        let want = expected_trees(&store);
+        assert_ne!(raw_trees(&store), want);
+        store.close().await.expect("close");
+        drop(store);
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        assert!(store.trees_ready(), "a closed store's trees are sound");
+        assert_eq!(raw_trees(&store), want, "closing stored the pending changes");
+        store.close().await.expect("close");
+        drop(store);
+
+        let store = Store::open(crashed.path(), Fsync::No, 1 << 20).expect("open the crashed copy");
+        assert_eq!(store.trees_pending(), u32::from(PARTITIONS), "every tree is rebuilt");
+        // Changes pending for a tree that is then rebuilt must not count twice.
+        for k in 0..20u8 {
+            store
+                .update(key(k), move |_| (Change::Put(set_of(8, &[k, 1], false)), ()))
+                .await
+                .expect("write");
+        }
+        while store.rebuild_tree_step().await.expect("step") {}
+        assert_eq!(stored_trees(&store), expected_trees(&store));
+        assert_eq!(expected_trees(&store).len(), 400, "200 records, a leaf and a root each");
+        store.close().await.expect("close");
+        drop(store);
+        let store = Store::open(crashed.path(), Fsync::No, 1 << 20).expect("reopen the copy");
+        assert!(store.trees_ready());
+        assert_eq!(raw_trees(&store), expected_trees(&store));
+        store.close().await.expect("close");
+    });
 }
 
 #[test]

@@ -1,12 +1,20 @@
-//! Merkle trees for anti-entropy, one per partition, kept in the `trees` database and
-//! changed in the same write transaction as the records they summarize, so a crash can
-//! never leave a tree that disagrees with the data. Must not know about peers.
+//! Merkle trees for anti-entropy, one per partition, kept in the `trees` database. Must
+//! not know about peers.
+//!
+//! The trees are not written with every commit: with random keys that would dirty about
+//! as many tree pages as record pages. A commit's tree changes join the [`Pending`]
+//! changes in memory, which readers of the trees add to what is stored, and the writer
+//! stores them all at once about once a second ([`FLUSH_AFTER`], or when they grow past
+//! [`FLUSH_PAST`], and on close). While some are pending, a flag in the metadata says the
+//! stored trees are behind their records, set in the first commit that leaves changes
+//! pending and cleared by the one that stores them: a store opened with the flag set (a
+//! crash) rebuilds its trees from the records.
 //!
 //! Every record contributes `h = xxh3-128(key length | LMDB key | record bytes)`. A tree
 //! node's hash is the XOR of the contributions below it, so a write changes its leaf and
 //! its partition's root by the same delta, `h(old) ^ h(new)`, whatever else the partition
-//! holds: an update never rescans. The writer sums a batch's deltas per leaf and writes
-//! each touched leaf and root once, just before the commit. Record bytes are
+//! holds: an update never rescans. The writer sums the deltas per leaf and writes each
+//! touched leaf and root once. Record bytes are
 //! canonical (sibling sets encode sorted), so replicas holding the same versions agree.
 //!
 //! A partition has 256 leaves, chosen by the top byte of the key hash (the byte after the
@@ -16,6 +24,7 @@
 //! partition whose records cancel out are both absent).
 
 use std::ops::Bound;
+use std::time::{Duration, Instant};
 
 use heed::types::Bytes as RawBytes;
 use heed::{Database, RoTxn, RwTxn, WithTls};
@@ -87,7 +96,7 @@ fn xor_entry(trees: &Db, wtxn: &mut RwTxn<'_>, key: &[u8], delta: u128) -> Resul
 
 /// Tree changes of one write transaction not yet written: per (partition, leaf), the XOR
 /// of the deltas (old contribution XOR new) of the records changed there.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Deltas {
     leaves: ahash::AHashMap<(u16, u8), u128>,
 }
@@ -108,6 +117,83 @@ impl Deltas {
     /// Drops what is pending for one partition (its tree is being rebuilt).
     pub fn forget_partition(&mut self, partition: u16) {
         self.leaves.retain(|(p, _), _| *p != partition);
+    }
+
+    /// Whether there is no change.
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// Adds every change of `other`.
+    pub fn absorb(&mut self, other: &Deltas) {
+        for (&at, &delta) in &other.leaves {
+            let d = self.leaves.entry(at).or_default();
+            *d ^= delta;
+            if *d == 0 {
+                self.leaves.remove(&at);
+            }
+        }
+    }
+}
+
+/// Pending changes are stored once they are this old...
+pub const FLUSH_AFTER: Duration = Duration::from_secs(1);
+/// ... or once this many leaves have one.
+pub const FLUSH_PAST: usize = 1 << 16;
+
+/// Tree changes committed with their records but not yet stored in the trees database
+/// (see the module docs). Guarded by a mutex that a writer holds from before its commit
+/// until it has updated these, and readers of the trees while they read, so a reader
+/// sees each change either here or stored, never both or neither.
+#[derive(Debug, Default)]
+pub struct Pending {
+    deltas: Deltas,
+    /// When the oldest pending change was committed.
+    since: Option<Instant>,
+    /// Whether the stored metadata flags the stored trees as behind.
+    pub flagged: bool,
+}
+
+impl Pending {
+    /// Whether the pending changes should be stored with the next commit.
+    pub fn due(&self) -> bool {
+        self.deltas.leaves.len() >= FLUSH_PAST || self.since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+    }
+
+    /// The pending changes, for a commit that stores them.
+    pub fn deltas(&self) -> &Deltas {
+        &self.deltas
+    }
+
+    /// After a commit that stored everything pending.
+    pub fn stored(&mut self) {
+        self.deltas.clear();
+        self.since = None;
+        self.flagged = false;
+    }
+
+    /// After a commit that leaves its changes `batch` pending.
+    pub fn add(&mut self, batch: &Deltas) {
+        if !batch.is_empty() {
+            self.deltas.absorb(batch);
+            self.since.get_or_insert_with(Instant::now);
+            self.flagged = true;
+        }
+    }
+
+    /// The changes to the trees of a rebuild or a clear: what was pending there is
+    /// already counted in what the commit stored.
+    pub fn deltas_mut(&mut self) -> &mut Deltas {
+        &mut self.deltas
+    }
+
+    /// The pending change of every partition root.
+    fn roots(&self) -> ahash::AHashMap<u16, u128> {
+        let mut roots: ahash::AHashMap<u16, u128> = ahash::AHashMap::new();
+        for (&(p, _), &d) in &self.deltas.leaves {
+            *roots.entry(p).or_default() ^= d;
+        }
+        roots
     }
 }
 
@@ -161,29 +247,49 @@ pub fn rebuild_partition(data: &Db, trees: &Db, wtxn: &mut RwTxn<'_>, partition:
     Ok(())
 }
 
-/// Every non-zero partition root, in partition order.
-pub fn roots(trees: &Db, rtxn: &RoTxn<'_, WithTls>) -> Result<Vec<(u16, u128)>, heed::Error> {
-    let mut out = Vec::new();
+/// Every non-zero partition root, stored and pending together, in partition order.
+pub fn roots(trees: &Db, rtxn: &RoTxn<'_, WithTls>, pending: &Pending) -> Result<Vec<(u16, u128)>, heed::Error> {
+    let mut all: std::collections::BTreeMap<u16, u128> = pending.roots().into_iter().collect();
     for entry in trees.prefix_iter(rtxn, &[ROOT])? {
         let (k, v) = entry?;
         if let [ROOT, a, b] = k {
-            out.push((u16::from_be_bytes([*a, *b]), decode_hash(v)));
+            *all.entry(u16::from_be_bytes([*a, *b])).or_default() ^= decode_hash(v);
         }
     }
-    Ok(out)
+    Ok(all.into_iter().filter(|(_, h)| *h != 0).collect())
 }
 
-/// The non-zero leaves of one partition, in leaf order.
-pub fn leaves(trees: &Db, rtxn: &RoTxn<'_, WithTls>, partition: u16) -> Result<Vec<(u8, u128)>, heed::Error> {
+/// The non-zero leaves of one partition, stored and pending together, in leaf order.
+pub fn leaves(
+    trees: &Db,
+    rtxn: &RoTxn<'_, WithTls>,
+    pending: &Pending,
+    partition: u16,
+) -> Result<Vec<(u8, u128)>, heed::Error> {
     let p = partition.to_be_bytes();
-    let mut out = Vec::new();
+    let mut all = [0u128; LEAVES];
+    if !pending.deltas.is_empty() {
+        for (leaf, h) in all.iter_mut().enumerate() {
+            *h = pending
+                .deltas
+                .leaves
+                .get(&(partition, leaf as u8))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
     for entry in trees.prefix_iter(rtxn, &[LEAF, p[0], p[1]])? {
         let (k, v) = entry?;
         if let [LEAF, _, _, leaf] = k {
-            out.push((*leaf, decode_hash(v)));
+            all[*leaf as usize] ^= decode_hash(v);
         }
     }
-    Ok(out)
+    Ok(all
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h != 0)
+        .map(|(l, h)| (l as u8, *h))
+        .collect())
 }
 
 /// The records of one leaf: each LMDB key with its contribution, in key order.

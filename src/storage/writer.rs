@@ -260,13 +260,29 @@ fn apply_all(
         }
     }
     txn = flush_held(inner, txn, &mut log, &mut held)?;
-    if log.is_empty() {
+    // Held from before the commit until the pending tree changes are updated (see
+    // `tree::Pending`); a reader of the trees waits at most one commit.
+    let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+    // Store the pending tree changes when they are due, and on close.
+    let store_all = pending.flagged && (close.is_some() || pending.due());
+    if log.is_empty() && !store_all {
         txn.wtxn.abort();
         return Ok(());
     }
     loop {
-        // The summed tree changes go in last; a full map replays everything, trees too.
-        match tree::flush(&inner.trees, &mut txn.wtxn, &mut txn.deltas) {
+        // The tree changes go in last; a full map replays everything, trees too.
+        let trees = if store_all {
+            let mut carry = pending.deltas().clone();
+            settle(&mut carry, &log);
+            txn.deltas.absorb(&carry);
+            tree::flush(&inner.trees, &mut txn.wtxn, &mut txn.deltas)
+                .and_then(|()| inner.meta.delete(&mut txn.wtxn, super::TREES_BEHIND).map(|_| ()))
+        } else if !txn.deltas.is_empty() && !pending.flagged {
+            inner.meta.put(&mut txn.wtxn, super::TREES_BEHIND, &[1])
+        } else {
+            Ok(())
+        };
+        match trees {
             Ok(()) => {}
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
                 txn.wtxn.abort();
@@ -277,12 +293,30 @@ fn apply_all(
         }
         match txn.wtxn.commit() {
             Ok(()) => {
+                if store_all {
+                    pending.stored();
+                } else {
+                    settle(pending.deltas_mut(), &log);
+                    pending.add(&txn.deltas);
+                }
                 inner.flushed_before.fetch_max(flushed_before, Ordering::AcqRel);
                 inner.stats.commits.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => txn = grow_and_replay(inner, &log)?,
             Err(e) => return Err(map_err(inner, e)),
+        }
+    }
+}
+
+/// Drops from tree changes made before a batch what the batch's clears and tree
+/// rebuilds have made obsolete: a rebuilt tree counts every record as it now is.
+fn settle(deltas: &mut tree::Deltas, log: &[Logged]) {
+    for l in log {
+        match l {
+            Logged::Clear(_) => deltas.clear(),
+            Logged::RebuildTree(p) => deltas.forget_partition(*p),
+            _ => {}
         }
     }
 }
