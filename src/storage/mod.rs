@@ -501,18 +501,14 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(Vec<Option<SiblingSet>>, u64) -> (Vec<Change>, T) + Send + 'static,
     {
-        let slot = Arc::new(std::sync::Mutex::new(None));
-        let out = slot.clone();
-        let apply: writer::Apply = Box::new(move |sets, now_us| {
-            let (changes, result) = f(sets, now_us);
-            if let Ok(mut s) = out.lock() {
-                *s = Some(result);
-            }
-            changes
-        });
         let (done, wait) = oneshot::channel();
-        self.send(WriteOp::Update { keys, apply, done }).await?;
-        Ok(Committed { wait, slot })
+        let job = Box::new(Submitted {
+            f: Some(f),
+            result: None,
+            done,
+        });
+        self.send(WriteOp::Update { keys, job }).await?;
+        Ok(Committed { wait })
     }
 
     /// [`Store::submit_many`], then waits for the commit.
@@ -766,16 +762,43 @@ fn split_hint_key(hk: &[u8]) -> Option<(&[u8], u64)> {
 
 /// A queued write: resolves once its transaction is committed.
 pub struct Committed<T> {
-    wait: oneshot::Receiver<Result<(), StoreError>>,
-    slot: Arc<std::sync::Mutex<Option<T>>>,
+    wait: oneshot::Receiver<Result<T, StoreError>>,
 }
 
 impl<T> Committed<T> {
     /// Waits for the commit and returns the write's result.
     pub async fn wait(self) -> Result<T, StoreError> {
-        self.wait.await.map_err(|_| StoreError::Closed)??;
-        let result = self.slot.lock().ok().and_then(|mut s| s.take());
-        result.ok_or(StoreError::Closed)
+        self.wait.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The [`writer::Job`] of [`Store::submit_many`]: the caller's computation, its result
+/// once computed, and the caller's end, which gets the result after the commit.
+struct Submitted<F, T> {
+    f: Option<F>,
+    result: Option<T>,
+    done: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> writer::Job for Submitted<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(Vec<Option<SiblingSet>>, u64) -> (Vec<Change>, T) + Send + 'static,
+{
+    fn apply(&mut self, sets: Vec<Option<SiblingSet>>, now_us: u64) -> Vec<Change> {
+        match self.f.take() {
+            Some(f) => {
+                let (changes, result) = f(sets, now_us);
+                self.result = Some(result);
+                changes
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let Submitted { result, done, .. } = *self;
+        let _ = done.send(outcome.and_then(|()| result.ok_or(StoreError::Closed)));
     }
 }
 

@@ -45,15 +45,19 @@ pub enum Change {
     },
 }
 
-/// A computation over the current sets of some keys, returning one change per key; it is
-/// given the batch's time (µs since the Unix epoch, read once per group commit).
-pub(crate) type Apply = Box<dyn FnOnce(Vec<Option<SiblingSet>>, u64) -> Vec<Change> + Send>;
+/// A queued write: its computation, and the caller's end, which it tells the outcome.
+pub(crate) trait Job: Send {
+    /// Computes one change per key from the keys' current sets and the batch's time (µs
+    /// since the Unix epoch, read once per group commit). Called at most once.
+    fn apply(&mut self, sets: Vec<Option<SiblingSet>>, now_us: u64) -> Vec<Change>;
+    /// Reports how the write ended: after its commit, or as soon as it failed.
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
+}
 
 pub(crate) enum WriteOp {
     Update {
         keys: Vec<Bytes>,
-        apply: Apply,
-        done: oneshot::Sender<Result<(), StoreError>>,
+        job: Box<dyn Job>,
     },
     /// Remove every record; siblings written before `before_ms` are not stored again.
     Clear {
@@ -70,6 +74,23 @@ pub(crate) enum WriteOp {
     Close {
         done: oneshot::Sender<()>,
     },
+}
+
+/// Whom a batch tells its outcome once it has committed (or failed).
+enum Ack {
+    Job(Box<dyn Job>),
+    Done(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Ack {
+    fn send(self, outcome: Result<(), StoreError>) {
+        match self {
+            Ack::Job(job) => job.finish(outcome),
+            Ack::Done(done) => {
+                let _ = done.send(outcome);
+            }
+        }
+    }
 }
 
 /// An encoded change, kept so a batch can be replayed after the map grows.
@@ -164,14 +185,14 @@ fn commit_batch(inner: &Inner, batch: &mut Vec<WriteOp>) -> Option<oneshot::Send
     match result {
         Ok(()) => {
             for a in acks {
-                let _ = a.send(Ok(()));
+                a.send(Ok(()));
             }
         }
         Err(e) => {
             inner.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
             tracing::error!("write transaction failed: {e}");
             for a in acks {
-                let _ = a.send(Err(clone_err(&e)));
+                a.send(Err(clone_err(&e)));
             }
         }
     }
@@ -181,7 +202,7 @@ fn commit_batch(inner: &Inner, batch: &mut Vec<WriteOp>) -> Option<oneshot::Send
 fn apply_all(
     inner: &Inner,
     batch: &mut Vec<WriteOp>,
-    acks: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
+    acks: &mut Vec<Ack>,
     close: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), StoreError> {
     let mut log: Vec<Logged> = Vec::new();
@@ -193,8 +214,12 @@ fn apply_all(
     for op in batch.drain(..) {
         if close.is_some() {
             // Writes queued behind Close are refused, never half-applied.
-            if let WriteOp::Update { done, .. } | WriteOp::Clear { done, .. } | WriteOp::RebuildTree { done, .. } = op {
-                let _ = done.send(Err(StoreError::Closed));
+            match op {
+                WriteOp::Update { job, .. } => job.finish(Err(StoreError::Closed)),
+                WriteOp::Clear { done, .. } | WriteOp::RebuildTree { done, .. } => {
+                    let _ = done.send(Err(StoreError::Closed));
+                }
+                WriteOp::Close { .. } => {}
             }
             continue;
         }
@@ -202,7 +227,7 @@ fn apply_all(
             WriteOp::Close { done } => *close = Some(done),
             WriteOp::Clear { before_ms, done } => {
                 txn = flush_held(inner, txn, &mut log, &mut held)?;
-                acks.push(done);
+                acks.push(Ack::Done(done));
                 flushed_before = flushed_before.max(before_ms);
                 let from = log.len();
                 log.push(Logged::Clear(flushed_before));
@@ -210,24 +235,23 @@ fn apply_all(
             }
             WriteOp::RebuildTree { from: first, to, done } => {
                 txn = flush_held(inner, txn, &mut log, &mut held)?;
-                acks.push(done);
+                acks.push(Ack::Done(done));
                 let from = log.len();
                 log.extend((first..to).map(Logged::RebuildTree));
                 txn = replay_on_full(inner, txn, &log, from, None)?;
             }
-            WriteOp::Update { keys: ks, apply, done } if ks.len() == 1 => {
+            WriteOp::Update { keys: ks, mut job } if ks.len() == 1 => {
                 let now = now_us.max(flushed_before.saturating_mul(1000));
-                let (next, outcome) = update_one(inner, txn, &mut log, &mut held, &ks[0], apply, now, flushed_before)?;
+                let (next, outcome) =
+                    update_one(inner, txn, &mut log, &mut held, &ks[0], &mut *job, now, flushed_before)?;
                 txn = next;
                 match outcome {
-                    Ok(()) => acks.push(done),
+                    Ok(()) => acks.push(Ack::Job(job)),
                     // One unreadable record fails its own operation, not the batch.
-                    Err(e) => {
-                        let _ = done.send(Err(e));
-                    }
+                    Err(e) => job.finish(Err(e)),
                 }
             }
-            WriteOp::Update { keys: ks, apply, done } => {
+            WriteOp::Update { keys: ks, mut job } => {
                 txn = flush_held(inner, txn, &mut log, &mut held)?;
                 let mut lkeys = Vec::with_capacity(ks.len());
                 let mut sets = Vec::with_capacity(ks.len());
@@ -246,16 +270,16 @@ fn apply_all(
                 }
                 if let Some(e) = failed {
                     // One unreadable record fails its own operation, not the batch.
-                    let _ = done.send(Err(e));
+                    job.finish(Err(e));
                     continue;
                 }
                 // A write made here is dated no earlier than the newest flush (this
                 // node's clock may be behind the one that chose the flush's time).
-                let changes = apply(sets, now_us.max(flushed_before.saturating_mul(1000)));
+                let changes = job.apply(sets, now_us.max(flushed_before.saturating_mul(1000)));
                 for ((k, lk), change) in ks.iter().zip(lkeys).zip(changes) {
                     txn = write_through(inner, txn, &mut log, lk, k, forget_flushed(change, flushed_before))?;
                 }
-                acks.push(done);
+                acks.push(Ack::Job(job));
             }
         }
     }
@@ -366,7 +390,7 @@ fn update_one<'e>(
     log: &mut Vec<Logged>,
     held: &mut Held,
     key: &Bytes,
-    apply: Apply,
+    job: &mut dyn Job,
     now_us: u64,
     flushed_before: u64,
 ) -> Result<(Txn<'e>, Result<(), StoreError>), StoreError> {
@@ -390,7 +414,11 @@ fn update_one<'e>(
             }
         }
     };
-    let change = apply(vec![current], now_us).into_iter().next().unwrap_or(Change::Keep);
+    let change = job
+        .apply(vec![current], now_us)
+        .into_iter()
+        .next()
+        .unwrap_or(Change::Keep);
     let change = forget_flushed(change, flushed_before);
     let hold = |held: &mut Held, lk: Vec<u8>, set: SiblingSet| {
         let record = HeldRecord {
