@@ -33,6 +33,9 @@ pub async fn run(coord: Coordinator, shutdown: Shutdown, interval: Duration, bud
     let (mut dead, mut conflicted) = (0u64, 0u64);
     let mut tick = shutdown.ticker(interval);
     while tick.next().await {
+        if let Err(e) = coord.store().store_due_trees().await {
+            tracing::error!("storing the anti-entropy trees failed: {e}");
+        }
         let (next, items) = match coord.store().scan(cursor, 0, budget) {
             Ok(r) => r,
             Err(e) => {

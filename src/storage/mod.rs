@@ -577,6 +577,25 @@ impl Store {
         Ok(true)
     }
 
+    /// Stores the pending anti-entropy tree changes if they are due. A writer stores them
+    /// with its next commit anyway; this is for a node that has stopped writing, so that a
+    /// crash later does not cost a rebuild of every tree.
+    pub async fn store_due_trees(&self) -> Result<(), StoreError> {
+        let due = {
+            let pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.flagged && pending.due()
+        };
+        if !due {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(WriteOp::StoreTrees { done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Every partition's non-zero tree root, in partition order.
     pub fn tree_roots(&self) -> Result<Vec<(u16, u128)>, StoreError> {
         let pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -190,6 +190,14 @@ fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
             .expect("write");
         assert_eq!(raw_trees(&store), expected_trees(&store), "stored once due");
         store.update(key(1), |_| (Change::Remove, ())).await.expect("remove");
+        assert_ne!(raw_trees(&store), expected_trees(&store));
+        // A store that has stopped writing stores them when asked once they are due.
+        store.store_due_trees().await.expect("not due yet");
+        assert_ne!(raw_trees(&store), expected_trees(&store), "stored before due");
+        tokio::time::sleep(tree::FLUSH_AFTER).await;
+        store.store_due_trees().await.expect("store");
+        assert_eq!(raw_trees(&store), expected_trees(&store), "stored when asked");
+        store.update(key(2), |_| (Change::Remove, ())).await.expect("remove");
         let want = expected_trees(&store);
         assert_ne!(raw_trees(&store), want);
         store.close().await.expect("close");

@@ -71,6 +71,10 @@ pub(crate) enum WriteOp {
         to: u16,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Only commit (storing the pending tree changes, which are due).
+    StoreTrees {
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
     Close {
         done: oneshot::Sender<()>,
     },
@@ -216,7 +220,7 @@ fn apply_all(
             // Writes queued behind Close are refused, never half-applied.
             match op {
                 WriteOp::Update { job, .. } => job.finish(Err(StoreError::Closed)),
-                WriteOp::Clear { done, .. } | WriteOp::RebuildTree { done, .. } => {
+                WriteOp::Clear { done, .. } | WriteOp::RebuildTree { done, .. } | WriteOp::StoreTrees { done } => {
                     let _ = done.send(Err(StoreError::Closed));
                 }
                 WriteOp::Close { .. } => {}
@@ -225,6 +229,7 @@ fn apply_all(
         }
         match op {
             WriteOp::Close { done } => *close = Some(done),
+            WriteOp::StoreTrees { done } => acks.push(Ack::Done(done)),
             WriteOp::Clear { before_ms, done } => {
                 txn = flush_held(inner, txn, &mut log, &mut held)?;
                 acks.push(Ack::Done(done));
