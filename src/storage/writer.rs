@@ -8,6 +8,7 @@
 //! is kept in memory and stored once per batch (see [`Held`]). When the map is full it aborts, doubles the map and replays
 //! the batch's changes, which were computed once and kept as encoded puts.
 
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -365,6 +366,9 @@ struct HeldRecord {
     /// The tree contribution of the record in the transaction, which the held one will
     /// replace (0 for none).
     stored_hash: u128,
+    /// Whether `set` differs from the record in the transaction (a held record that is
+    /// stored already needs no put when the batch flushes).
+    dirty: bool,
 }
 
 /// Puts every held record into the transaction (before anything that reads the
@@ -376,6 +380,9 @@ fn flush_held<'e>(
     held: &mut Held,
 ) -> Result<Txn<'e>, StoreError> {
     for (lk, h) in held.drain() {
+        if !h.dirty {
+            continue;
+        }
         let full = keys::needs_full_key(&h.key).then_some(&h.key[..]);
         let from = log.len();
         log.push(Logged::Put(lk, record::encode(full, &h.set)));
@@ -386,8 +393,10 @@ fn flush_held<'e>(
 
 /// Applies a one-key update: its current set is the held one or the stored one; a plain
 /// put of the result is held (see [`Held`]), any other change is written through (after
-/// the held version it applies to). Returns the transaction and the operation's own
-/// outcome; an `Err` fails the batch.
+/// the held version it applies to). The first put of a stored key in a batch is written
+/// at once, where the read left the cursor, so it costs one B-tree search instead of two
+/// (a write to a random key is seldom repeated within a batch), and then held as stored.
+/// Returns the transaction and the operation's own outcome; an `Err` fails the batch.
 #[allow(clippy::too_many_arguments)]
 fn update_one<'e>(
     inner: &'e Inner,
@@ -400,48 +409,97 @@ fn update_one<'e>(
     flushed_before: u64,
 ) -> Result<(Txn<'e>, Result<(), StoreError>), StoreError> {
     let lookup = keys::StackKey::new(key);
+    let decide = |job: &mut dyn Job, current: Option<SiblingSet>| {
+        let change = job
+            .apply(vec![current], now_us)
+            .into_iter()
+            .next()
+            .unwrap_or(Change::Keep);
+        forget_flushed(change, flushed_before)
+    };
     // `kept`: the held version, which the decision consumes but a change other than a
     // put must not lose.
-    let (lk, current, kept, stored_hash) = match held.remove_entry(lookup.as_slice()) {
-        Some((lk, h)) => (lk, Some(h.set.clone()), Some(h.set), h.stored_hash),
+    let (lk, change, kept, stored_hash, dirty) = match held.remove_entry(lookup.as_slice()) {
+        Some((lk, h)) => {
+            let change = decide(job, Some(h.set.clone()));
+            (lk, change, Some(h.set), h.stored_hash, h.dirty)
+        }
         None => {
             let lk = lookup.as_slice().to_vec();
-            match inner.data.get(&txn.wtxn, &lk) {
-                Ok(Some(bytes)) => match record::decode(bytes) {
-                    Ok((_, set)) => {
-                        let hash = tree::record_hash(&lk, bytes);
-                        (lk, Some(set), None, hash)
+            let exact = (Bound::Included(&lk[..]), Bound::Included(&lk[..]));
+            let mut cursor = inner
+                .data
+                .range_mut(&mut txn.wtxn, &exact)
+                .map_err(|e| map_err(inner, e))?;
+            let read = match cursor.next() {
+                Some(Ok((_, bytes))) => {
+                    record::decode(bytes).map(|(_, set)| (Some(set), Some(tree::record_hash(&lk, bytes))))
+                }
+                None => Ok((None, None)),
+                Some(Err(e)) => Err(e.into()),
+            };
+            let (current, hash) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    drop(cursor);
+                    return Ok((txn, Err(e)));
+                }
+            };
+            let change = decide(job, current);
+            match (change, hash) {
+                (Change::Put(set), Some(old)) => {
+                    let full = keys::needs_full_key(key).then_some(&key[..]);
+                    let bytes = record::encode(full, &set);
+                    let new = tree::record_hash(&lk, &bytes);
+                    // SAFETY: nothing read through the cursor is still borrowed (the set
+                    // and hash above are owned), and the cursor sits on `lk`.
+                    let put = unsafe { cursor.put_current(&lk, &bytes) };
+                    drop(cursor);
+                    log.push(Logged::Put(lk.clone(), bytes));
+                    match put {
+                        Ok(_) => txn.deltas.add(&lk, old ^ new),
+                        Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
+                            txn.wtxn.abort();
+                            // The replay makes this put and its tree change again.
+                            txn = grow_and_replay(inner, log)?;
+                        }
+                        Err(e) => return Err(map_err(inner, e)),
                     }
-                    Err(e) => return Ok((txn, Err(e))),
-                },
-                Ok(None) => (lk, None, None, 0),
-                Err(e) => return Ok((txn, Err(e.into()))),
+                    inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    let record = HeldRecord {
+                        key: key.clone(),
+                        set,
+                        stored_hash: new,
+                        dirty: false,
+                    };
+                    held.insert(lk, record);
+                    return Ok((txn, Ok(())));
+                }
+                (change, hash) => {
+                    drop(cursor);
+                    (lk, change, None, hash.unwrap_or(0), false)
+                }
             }
         }
     };
-    let change = job
-        .apply(vec![current], now_us)
-        .into_iter()
-        .next()
-        .unwrap_or(Change::Keep);
-    let change = forget_flushed(change, flushed_before);
-    let hold = |held: &mut Held, lk: Vec<u8>, set: SiblingSet| {
+    let hold = |held: &mut Held, lk: Vec<u8>, set: SiblingSet, dirty: bool| {
         let record = HeldRecord {
             key: key.clone(),
             set,
             stored_hash,
+            dirty,
         };
         held.insert(lk, record);
     };
     match (change, kept) {
         (Change::Keep, None) => {}
-        (Change::Keep, Some(set)) => hold(held, lk, set),
+        (Change::Keep, Some(set)) => hold(held, lk, set, dirty),
         (Change::Put(set), _) => {
-            hold(held, lk, set);
+            hold(held, lk, set, true);
             inner.stats.writes.fetch_add(1, Ordering::Relaxed);
         }
         (change, kept) => {
-            if let Some(set) = kept {
+            if let Some(set) = kept.filter(|_| dirty) {
                 let full = keys::needs_full_key(key).then_some(&key[..]);
                 let from = log.len();
                 log.push(Logged::Put(lk.clone(), record::encode(full, &set)));
