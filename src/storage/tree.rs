@@ -170,8 +170,8 @@ impl Pending {
         }
     }
 
-    /// The changes to the trees of a rebuild or a clear: what was pending there is
-    /// already counted in what the commit stored.
+    /// The pending changes, for a commit that cleared the trees or rebuilt some: what was
+    /// pending there is already counted in what that commit stored, and must be dropped.
     pub fn deltas_mut(&mut self) -> &mut Deltas {
         &mut self.deltas
     }
