@@ -76,6 +76,17 @@ fn raw_trees(store: &Store) -> BTreeMap<Vec<u8>, u128> {
         .collect()
 }
 
+/// Puts under each key of `keys` a set of one sibling written by `node`, valued `value(k)`.
+async fn put_each(store: &Store, keys: std::ops::Range<u8>, node: u64, value: impl Fn(u8) -> Vec<u8>) {
+    for k in keys {
+        let v = value(k);
+        store
+            .update(key(k), move |_| (Change::Put(set_of(node, &v, false)), ()))
+            .await
+            .expect("write");
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,12 +183,7 @@ fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
     let crashed = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
         let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
-        for k in 0..200u8 {
-            store
-                .update(key(k), move |_| (Change::Put(set_of(5, &[k], false)), ()))
-                .await
-                .expect("write");
-        }
+        put_each(&store, 0..200, 5, |k| vec![k]).await;
         let want = expected_trees(&store);
         assert_eq!(stored_trees(&store), want, "readers see the pending changes");
         assert_ne!(raw_trees(&store), want, "the changes are still pending");
@@ -211,12 +217,7 @@ fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
         let store = Store::open(crashed.path(), Fsync::No, 1 << 20).expect("open the crashed copy");
         assert_eq!(store.trees_pending(), u32::from(PARTITIONS), "every tree is rebuilt");
         // Changes pending for a tree that is then rebuilt must not count twice.
-        for k in 0..20u8 {
-            store
-                .update(key(k), move |_| (Change::Put(set_of(8, &[k, 1], false)), ()))
-                .await
-                .expect("write");
-        }
+        put_each(&store, 0..20, 8, |k| vec![k, 1]).await;
         while store.rebuild_tree_step().await.expect("step") {}
         assert_eq!(stored_trees(&store), expected_trees(&store));
         assert_eq!(expected_trees(&store).len(), 400, "200 records, a leaf and a root each");
@@ -235,12 +236,7 @@ fn a_store_without_trees_rebuilds_them_in_the_background() {
     rt().block_on(async {
         let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
         assert!(store.trees_ready(), "an empty store starts with sound trees");
-        for k in 0..200u8 {
-            store
-                .update(key(k), move |_| (Change::Put(set_of(7, &[k], false)), ()))
-                .await
-                .expect("write");
-        }
+        put_each(&store, 0..200, 7, |k| vec![k]).await;
         let want = expected_trees(&store);
         assert!(!want.is_empty());
         assert_eq!(stored_trees(&store), want);
@@ -287,12 +283,7 @@ fn leaf_listing_and_hashes_agree_with_the_trees() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
         let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
-        for k in 0..100u8 {
-            store
-                .update(key(k), move |_| (Change::Put(set_of(3, &[k], false)), ()))
-                .await
-                .expect("write");
-        }
+        put_each(&store, 0..100, 3, |k| vec![k]).await;
         let roots = store.tree_roots().expect("roots");
         let partitions: Vec<u16> = roots.iter().map(|(p, _)| *p).collect();
         let leaves = store.tree_leaves(&partitions).expect("leaves");
