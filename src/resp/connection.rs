@@ -322,6 +322,14 @@ async fn run(
         drop(reads.take());
         Stats::add(&conn.node.stats.commands_processed, parsed);
         conn.drain(client.proto).await?;
+        if !conn.wbuf.is_empty() {
+            // Let the thread's other ready connections run their requests first, so the
+            // replies of one round go out together, as in Redis's event loop: a reply
+            // sent on its own wakes a client that has gone to sleep in the meantime, and
+            // on a VM that wake-up (an interrupt to another core) costs more than the
+            // request did.
+            tokio::task::yield_now().await;
+        }
         conn.flush().await?;
         if shutdown.is_triggered() {
             return Ok(());
