@@ -597,11 +597,60 @@ impl Coordinator {
         T: Send + 'static,
         F: FnOnce(Option<&SiblingSet>, u64) -> (Decision, T) + Send + 'static,
     {
-        self.submit_many(vec![key], blind, move |sets, now| {
-            let (d, t) = decide(sets.first().and_then(|s| s.as_ref()), now);
-            (vec![d], t)
-        })
-        .await
+        let replicated = self.cluster.is_some() && self.quorum().n > 1;
+        // A single node places every key on itself and holds no hints: nothing to compute.
+        let placed = self.cluster.is_some().then(|| self.placed(&key));
+        if let (true, false, Some(p)) = (replicated, blind, &placed) {
+            self.read_first(&key, p).await?;
+        }
+        let node = self.node_id;
+        let hint = placed.as_ref().and_then(|p| p.owner_for(node));
+        let (store_key, key) = if replicated {
+            (key.clone(), Some(key))
+        } else {
+            (key, None)
+        };
+        let committed = self
+            .store
+            .submit_one(store_key, move |current, now_us| {
+                let (d, t) = decide(current.as_ref(), now_us / 1000);
+                let change = apply(node, current, d, hint, now_us);
+                let written = match (replicated, &change) {
+                    (true, Change::Put(set) | Change::PutHinted(set, _)) => Some(set.clone()),
+                    _ => None,
+                };
+                (change, (t, written))
+            })
+            .await?;
+        let (Some(key), Some(placed)) = (key, placed) else {
+            return Ok(Box::pin(async move { Ok(committed.wait().await?.0) }));
+        };
+        // As in `submit_many`: replicate as soon as the local commit is done.
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let (t, written) = committed.wait().await?;
+            if let Some(set) = written {
+                me.replicate(key, set, &placed).await?;
+            }
+            Ok(t)
+        });
+        Ok(Box::pin(async move {
+            task.await
+                .map_err(|e| CoordError::Peer(format!("write task failed: {e}")))?
+        }))
+    }
+
+    /// Before a write that looks at the current value: brings this node's copy of `key`
+    /// up to date from a read quorum, unless this node is its only replica.
+    async fn read_first(&self, key: &Bytes, placed: &Placed) -> Result<(), CoordError> {
+        if placed.nodes.iter().all(|r| *r == self.node_id) {
+            return Ok(());
+        }
+        if let Some(merged) = self.quorum_read(key.clone(), placed.clone()).await? {
+            self.merge_local(key.clone(), merged, placed.owner_for(self.node_id))
+                .await?;
+        }
+        Ok(())
     }
 
     /// [`Coordinator::submit`] over several keys, decided together atomically on this node.
@@ -624,13 +673,7 @@ impl Coordinator {
         };
         if replicated && !blind {
             for (k, placed) in keys.iter().zip(&placements) {
-                if placed.nodes.iter().all(|r| *r == self.node_id) {
-                    continue;
-                }
-                if let Some(merged) = self.quorum_read(k.clone(), placed.clone()).await? {
-                    self.merge_local(k.clone(), merged, placed.owner_for(self.node_id))
-                        .await?;
-                }
+                self.read_first(k, placed).await?;
             }
         }
         let node = self.node_id;

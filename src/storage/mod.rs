@@ -511,6 +511,22 @@ impl Store {
         Ok(Committed { wait })
     }
 
+    /// [`Store::submit_many`] for one key.
+    pub async fn submit_one<T, F>(&self, key: Bytes, f: F) -> Result<Committed<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
+    {
+        let (done, wait) = oneshot::channel();
+        let job = Box::new(SubmittedOne {
+            f: Some(f),
+            result: None,
+            done,
+        });
+        self.send(WriteOp::UpdateOne { key, job }).await?;
+        Ok(Committed { wait })
+    }
+
     /// [`Store::submit_many`], then waits for the commit.
     pub async fn update_many<T, F>(&self, keys: Vec<Bytes>, f: F) -> Result<T, StoreError>
     where
@@ -526,11 +542,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(Option<SiblingSet>) -> (Change, T) + Send + 'static,
     {
-        self.update_many(vec![key], move |mut sets| {
-            let (change, t) = f(sets.pop().flatten());
-            (vec![change], t)
-        })
-        .await
+        self.submit_one(key, move |set, _| f(set)).await?.wait().await
     }
 
     /// Whether every partition's anti-entropy tree matches its records (false while a
@@ -817,6 +829,40 @@ where
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
         let Submitted { result, done, .. } = *self;
+        let _ = done.send(outcome.and_then(|()| result.ok_or(StoreError::Closed)));
+    }
+}
+
+/// The [`writer::Job`] of [`Store::submit_one`], as [`Submitted`] is of
+/// [`Store::submit_many`].
+struct SubmittedOne<F, T> {
+    f: Option<F>,
+    result: Option<T>,
+    done: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> writer::Job for SubmittedOne<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
+{
+    fn apply(&mut self, mut sets: Vec<Option<SiblingSet>>, now_us: u64) -> Vec<Change> {
+        vec![self.apply_one(sets.pop().flatten(), now_us)]
+    }
+
+    fn apply_one(&mut self, set: Option<SiblingSet>, now_us: u64) -> Change {
+        match self.f.take() {
+            Some(f) => {
+                let (change, result) = f(set, now_us);
+                self.result = Some(result);
+                change
+            }
+            None => Change::Keep,
+        }
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let SubmittedOne { result, done, .. } = *self;
         let _ = done.send(outcome.and_then(|()| result.ok_or(StoreError::Closed)));
     }
 }

@@ -51,6 +51,10 @@ pub(crate) trait Job: Send {
     /// Computes one change per key from the keys' current sets and the batch's time (µs
     /// since the Unix epoch, read once per group commit). Called at most once.
     fn apply(&mut self, sets: Vec<Option<SiblingSet>>, now_us: u64) -> Vec<Change>;
+    /// [`Job::apply`] for a job of one key, without the vectors.
+    fn apply_one(&mut self, set: Option<SiblingSet>, now_us: u64) -> Change {
+        self.apply(vec![set], now_us).into_iter().next().unwrap_or(Change::Keep)
+    }
     /// Reports how the write ended: after its commit, or as soon as it failed.
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
 }
@@ -58,6 +62,11 @@ pub(crate) trait Job: Send {
 pub(crate) enum WriteOp {
     Update {
         keys: Vec<Bytes>,
+        job: Box<dyn Job>,
+    },
+    /// An update of one key (the usual write), without a vector of one.
+    UpdateOne {
+        key: Bytes,
         job: Box<dyn Job>,
     },
     /// Remove every record; siblings written before `before_ms` are not stored again.
@@ -220,7 +229,7 @@ fn apply_all(
         if close.is_some() {
             // Writes queued behind Close are refused, never half-applied.
             match op {
-                WriteOp::Update { job, .. } => job.finish(Err(StoreError::Closed)),
+                WriteOp::Update { job, .. } | WriteOp::UpdateOne { job, .. } => job.finish(Err(StoreError::Closed)),
                 WriteOp::Clear { done, .. } | WriteOp::RebuildTree { done, .. } | WriteOp::StoreTrees { done } => {
                     let _ = done.send(Err(StoreError::Closed));
                 }
@@ -245,6 +254,17 @@ fn apply_all(
                 let from = log.len();
                 log.extend((first..to).map(Logged::RebuildTree));
                 txn = replay_on_full(inner, txn, &log, from, None)?;
+            }
+            WriteOp::UpdateOne { key, mut job } => {
+                let now = now_us.max(flushed_before.saturating_mul(1000));
+                let (next, outcome) =
+                    update_one(inner, txn, &mut log, &mut held, &key, &mut *job, now, flushed_before)?;
+                txn = next;
+                match outcome {
+                    Ok(()) => acks.push(Ack::Job(job)),
+                    // One unreadable record fails its own operation, not the batch.
+                    Err(e) => job.finish(Err(e)),
+                }
             }
             WriteOp::Update { keys: ks, mut job } if ks.len() == 1 => {
                 let now = now_us.max(flushed_before.saturating_mul(1000));
@@ -409,14 +429,8 @@ fn update_one<'e>(
     flushed_before: u64,
 ) -> Result<(Txn<'e>, Result<(), StoreError>), StoreError> {
     let lookup = keys::StackKey::new(key);
-    let decide = |job: &mut dyn Job, current: Option<SiblingSet>| {
-        let change = job
-            .apply(vec![current], now_us)
-            .into_iter()
-            .next()
-            .unwrap_or(Change::Keep);
-        forget_flushed(change, flushed_before)
-    };
+    let decide =
+        |job: &mut dyn Job, current: Option<SiblingSet>| forget_flushed(job.apply_one(current, now_us), flushed_before);
     // `kept`: the held version, which the decision consumes but a change other than a
     // put must not lose.
     let (lk, change, kept, stored_hash, dirty) = match held.remove_entry(lookup.as_slice()) {
