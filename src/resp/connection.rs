@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,28 +73,31 @@ struct Slot {
     arrived: Instant,
 }
 
-/// Consecutive replies of one command with one latency, counted with one record.
+/// Consecutive replies of one command that arrived together and were answered together
+/// (so with one latency), counted with one record.
 #[derive(Default)]
 struct Run {
     cmd: usize,
-    latency: Duration,
+    /// When the run's requests arrived and when they were answered.
+    times: Option<(Instant, Instant)>,
     count: u64,
 }
 
 impl Run {
-    /// Adds a reply, recording the run so far first when this one differs.
-    fn add(&mut self, cmd: usize, latency: Duration) {
-        if self.count > 0 && (self.cmd != cmd || self.latency != latency) {
+    /// Adds a reply, recording the run so far first when this one differs. The latency
+    /// is computed once per run, not once per reply.
+    fn add(&mut self, cmd: usize, arrived: Instant, answered: Instant) {
+        if self.count > 0 && (self.cmd != cmd || self.times != Some((arrived, answered))) {
             self.record();
         }
         self.cmd = cmd;
-        self.latency = latency;
+        self.times = Some((arrived, answered));
         self.count += 1;
     }
 
     fn record(&mut self) {
-        if self.count > 0 {
-            m::commands::record(self.cmd, self.count, self.latency);
+        if let (true, Some((arrived, answered))) = (self.count > 0, self.times) {
+            m::commands::record(self.cmd, self.count, answered.saturating_duration_since(arrived));
             self.count = 0;
         }
     }
@@ -140,7 +143,7 @@ impl Conn {
                 }
             };
             let end = *now.get_or_insert_with(Instant::now);
-            run.add(slot.cmd, end.saturating_duration_since(slot.arrived));
+            run.add(slot.cmd, slot.arrived, end);
             self.encode(&reply, proto);
             if self.wbuf.len() > self.node.config.max_output_buffer {
                 return Err(std::io::Error::other("output buffer limit reached; connection closed"));
@@ -199,6 +202,32 @@ fn error_kind(reply: &Reply) -> &'static str {
     }
 }
 
+/// The command name a connection looked up last, as sent, and its position in the table:
+/// a pipeline mostly repeats one command, and comparing its name costs less than hashing
+/// it.
+#[derive(Default)]
+struct LastCommand {
+    name: [u8; 16],
+    len: usize,
+    index: Option<usize>,
+}
+
+impl LastCommand {
+    /// The position of command `name` in the table (`None`: unknown).
+    fn lookup(&mut self, name: &[u8]) -> Option<usize> {
+        if self.len > 0 && self.name.get(..self.len) == Some(name) {
+            return self.index;
+        }
+        let index = cmd::lookup_index(name);
+        if let Some(slot) = self.name.get_mut(..name.len()) {
+            slot.copy_from_slice(name);
+            self.len = name.len();
+            self.index = index;
+        }
+        index
+    }
+}
+
 /// Serves one client until it disconnects, sends bad input, asks to quit, or the node shuts down.
 pub async fn serve(node: Arc<Node>, socket: TcpStream, info: Arc<ClientInfo>) {
     let _ = socket.set_nodelay(true);
@@ -249,6 +278,7 @@ async fn run(
     let node = conn.node.clone();
     let share_reads = node.coord.cluster().is_none();
     let mut reads: Option<ReadRun> = None;
+    let mut last_command = LastCommand::default();
     loop {
         // Run every complete request already buffered.
         let mut parsed = 0u64;
@@ -266,7 +296,7 @@ async fn run(
                 }
             };
             parsed += 1;
-            let index = cmd::lookup_index(&args[0]);
+            let index = last_command.lookup(&args[0]);
             let cmd_index = index.unwrap_or(cmd::COMMANDS.len());
             let class = class_of(index);
             if class == Class::Other || class != conn.queued || conn.queue.len() >= MAX_IN_FLIGHT {
@@ -349,5 +379,37 @@ async fn run(
         client.active_at(arrived);
         Stats::add(&conn.node.stats.net_input_bytes, n as u64);
         net_metrics().0.increment(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_command_cache_answers_as_the_table_does() {
+        let mut last = LastCommand::default();
+        let names: [&[u8]; 12] = [
+            b"GET",
+            b"GET",
+            b"get",
+            b"SET",
+            b"nosuchcommand",
+            b"nosuchcommand",
+            b"GET",
+            b"",
+            b"a-command-name-longer-than-sixteen",
+            b"GET",
+            b"a-command-name-longer-than-sixteen",
+            b"sEt",
+        ];
+        for name in names {
+            assert_eq!(
+                last.lookup(name),
+                cmd::lookup_index(name),
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
     }
 }
