@@ -441,21 +441,25 @@ impl Coordinator {
             Some(owner) => Change::PutHinted(set, vec![owner]),
             None => Change::Put(set),
         };
+        // The current set is lent (see `Store::submit_one`): it is left in place when
+        // nothing changes, and merged into a copy otherwise.
         Ok(self
             .store
-            .update(key, move |cur| match cur {
-                Some(mut c) => {
-                    let before = c.clone();
-                    c.merge(&set);
-                    if c == before && hint_for.is_none() {
+            .submit_one(key, move |cur, _| match cur {
+                Some(c) => {
+                    let mut merged = c.clone();
+                    merged.merge(&set);
+                    if merged == *c && hint_for.is_none() {
                         (Change::Keep, false)
                     } else {
-                        let changed = c != before;
-                        (store(c), changed)
+                        let changed = merged != *c;
+                        (store(merged), changed)
                     }
                 }
                 None => (store(set), true),
             })
+            .await?
+            .wait()
             .await?)
     }
 
@@ -614,7 +618,11 @@ impl Coordinator {
             .store
             .submit_one(store_key, move |current, now_us| {
                 let (d, t) = decide(current.as_ref(), now_us / 1000);
-                let change = apply(node, current, d, hint, now_us);
+                // The set is lent (see `Store::submit_one`): taken only to write it.
+                let change = match d {
+                    Decision::Nothing => Change::Keep,
+                    d => apply(node, current.take(), d, hint, now_us),
+                };
                 let written = match (replicated, &change) {
                     (true, Change::Put(set) | Change::PutHinted(set, _)) => Some(set.clone()),
                     _ => None,

@@ -511,11 +511,13 @@ impl Store {
         Ok(Committed { wait })
     }
 
-    /// [`Store::submit_many`] for one key.
+    /// [`Store::submit_many`] for one key. `f` is lent the key's set: it may take it only
+    /// when the change it returns stores or removes the record (`Put`, `PutHinted`,
+    /// `Remove`), and must leave it otherwise; a write that breaks this fails its batch.
     pub async fn submit_one<T, F>(&self, key: Bytes, f: F) -> Result<Committed<T>, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
+        F: FnOnce(&mut Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
     {
         let (done, wait) = oneshot::channel();
         let job = Box::new(SubmittedOne {
@@ -542,7 +544,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(Option<SiblingSet>) -> (Change, T) + Send + 'static,
     {
-        self.submit_one(key, move |set, _| f(set)).await?.wait().await
+        self.submit_one(key, move |set, _| f(set.clone())).await?.wait().await
     }
 
     /// Whether every partition's anti-entropy tree matches its records (false while a
@@ -844,13 +846,14 @@ struct SubmittedOne<F, T> {
 impl<F, T> writer::Job for SubmittedOne<F, T>
 where
     T: Send + 'static,
-    F: FnOnce(Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
+    F: FnOnce(&mut Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
 {
     fn apply(&mut self, mut sets: Vec<Option<SiblingSet>>, now_us: u64) -> Vec<Change> {
-        vec![self.apply_one(sets.pop().flatten(), now_us)]
+        let mut set = sets.pop().flatten();
+        vec![self.apply_one(&mut set, now_us)]
     }
 
-    fn apply_one(&mut self, set: Option<SiblingSet>, now_us: u64) -> Change {
+    fn apply_one(&mut self, set: &mut Option<SiblingSet>, now_us: u64) -> Change {
         match self.f.take() {
             Some(f) => {
                 let (change, result) = f(set, now_us);

@@ -502,6 +502,18 @@ fn hot_changes(op: &HotOp, node: u64, current: Vec<Option<SiblingSet>>) -> Vec<C
     }
 }
 
+/// [`hot_changes`] for a one-key op given its set on loan (as [`Store::submit_one`]
+/// lends it): it takes the set whenever its change replaces or removes the record, as
+/// the coordinator does, and leaves it otherwise.
+fn hot_change_lent(op: &HotOp, node: u64, cur: &mut Option<SiblingSet>) -> Change {
+    match *op {
+        HotOp::Keep(_) | HotOp::HandedOff(..) | HotOp::Pair(..) => {
+            hot_changes(op, node, vec![cur.clone()]).swap_remove(0)
+        }
+        _ => hot_changes(op, node, vec![cur.take()]).swap_remove(0),
+    }
+}
+
 fn hot_keys(op: &HotOp) -> Vec<u8> {
     match *op {
         HotOp::Put(k, _) | HotOp::Merge(k, _) | HotOp::Keep(k) | HotOp::Remove(k) => vec![k],
@@ -579,12 +591,20 @@ proptest! {
                     }
                 }
                 let op = op.clone();
-                let queued = store
-                    .submit_many(ks.iter().map(|&k| key(k)).collect(), move |sets, _| {
-                        (hot_changes(&op, node, sets), ())
-                    })
-                    .await
-                    .expect("queue");
+                // One-key ops go either way: as a job of many keys, or lent their set.
+                let queued = if ks.len() == 1 && i % 2 == 0 {
+                    store
+                        .submit_one(key(ks[0]), move |cur, _| (hot_change_lent(&op, node, cur), ()))
+                        .await
+                        .expect("queue")
+                } else {
+                    store
+                        .submit_many(ks.iter().map(|&k| key(k)).collect(), move |sets, _| {
+                            (hot_changes(&op, node, sets), ())
+                        })
+                        .await
+                        .expect("queue")
+                };
                 pending.push(queued);
                 if pending.len() >= group {
                     for p in pending.drain(..) {

@@ -51,9 +51,15 @@ pub(crate) trait Job: Send {
     /// Computes one change per key from the keys' current sets and the batch's time (µs
     /// since the Unix epoch, read once per group commit). Called at most once.
     fn apply(&mut self, sets: Vec<Option<SiblingSet>>, now_us: u64) -> Vec<Change>;
-    /// [`Job::apply`] for a job of one key, without the vectors.
-    fn apply_one(&mut self, set: Option<SiblingSet>, now_us: u64) -> Change {
-        self.apply(vec![set], now_us).into_iter().next().unwrap_or(Change::Keep)
+    /// [`Job::apply`] for a job of one key, without the vectors. The key's set is lent:
+    /// the job may take it only when its change stores or removes the record (a put, a
+    /// hinted put, a removal); otherwise it must leave it where it is, since the writer
+    /// may hold no other copy of it.
+    fn apply_one(&mut self, set: &mut Option<SiblingSet>, now_us: u64) -> Change {
+        self.apply(vec![set.clone()], now_us)
+            .into_iter()
+            .next()
+            .unwrap_or(Change::Keep)
     }
     /// Reports how the write ended: after its commit, or as soon as it failed.
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
@@ -411,12 +417,14 @@ fn flush_held<'e>(
     Ok(txn)
 }
 
-/// Applies a one-key update: its current set is the held one or the stored one; a plain
-/// put of the result is held (see [`Held`]), any other change is written through (after
-/// the held version it applies to). The first put of a stored key in a batch is written
-/// at once, where the read left the cursor, so it costs one B-tree search instead of two
-/// (a write to a random key is seldom repeated within a batch), and then held as stored.
-/// Returns the transaction and the operation's own outcome; an `Err` fails the batch.
+/// Applies a one-key update: its current set is the held one or the stored one. A plain
+/// put of the result is held (see [`Held`]); any other change is written through, after
+/// the held version when the change leaves the record in place. The first put of a stored
+/// key in a batch is written at once, where the read left the cursor, so it costs one
+/// B-tree search instead of two (a write to a random key is seldom repeated within a
+/// batch), and then held as stored. A held set is lent to the job, not copied (see
+/// [`Job::apply_one`]). Returns the transaction and the operation's own outcome; an
+/// `Err` fails the batch.
 #[allow(clippy::too_many_arguments)]
 fn update_one<'e>(
     inner: &'e Inner,
@@ -429,100 +437,135 @@ fn update_one<'e>(
     flushed_before: u64,
 ) -> Result<(Txn<'e>, Result<(), StoreError>), StoreError> {
     let lookup = keys::StackKey::new(key);
-    let decide =
-        |job: &mut dyn Job, current: Option<SiblingSet>| forget_flushed(job.apply_one(current, now_us), flushed_before);
-    // `kept`: the held version, which the decision consumes but a change other than a
-    // put must not lose.
-    let (lk, change, kept, stored_hash, dirty) = match held.remove_entry(lookup.as_slice()) {
-        Some((lk, h)) => {
-            let change = decide(job, Some(h.set.clone()));
-            (lk, change, Some(h.set), h.stored_hash, h.dirty)
-        }
-        None => {
-            let lk = lookup.as_slice().to_vec();
-            let exact = (Bound::Included(&lk[..]), Bound::Included(&lk[..]));
-            let mut cursor = inner
-                .data
-                .range_mut(&mut txn.wtxn, &exact)
-                .map_err(|e| map_err(inner, e))?;
-            let read = match cursor.next() {
-                Some(Ok((_, bytes))) => {
-                    record::decode(bytes).map(|(_, set)| (Some(set), Some(tree::record_hash(&lk, bytes))))
-                }
-                None => Ok((None, None)),
-                Some(Err(e)) => Err(e.into()),
-            };
-            let (current, hash) = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    drop(cursor);
-                    return Ok((txn, Err(e)));
-                }
-            };
-            let change = decide(job, current);
-            match (change, hash) {
-                (Change::Put(set), Some(old)) => {
-                    let full = keys::needs_full_key(key).then_some(&key[..]);
-                    let bytes = record::encode(full, &set);
-                    let new = tree::record_hash(&lk, &bytes);
-                    // SAFETY: nothing read through the cursor is still borrowed (the set
-                    // and hash above are owned), and the cursor sits on `lk`.
-                    let put = unsafe { cursor.put_current(&lk, &bytes) };
-                    drop(cursor);
-                    log.push(Logged::Put(lk.clone(), bytes));
-                    match put {
-                        Ok(_) => txn.deltas.add(&lk, old ^ new),
-                        Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
-                            txn.wtxn.abort();
-                            // The replay makes this put and its tree change again.
-                            txn = grow_and_replay(inner, log)?;
-                        }
-                        Err(e) => return Err(map_err(inner, e)),
-                    }
-                    inner.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    let record = HeldRecord {
-                        key: key.clone(),
-                        set,
-                        stored_hash: new,
-                        dirty: false,
-                    };
-                    held.insert(lk, record);
-                    return Ok((txn, Ok(())));
-                }
-                (change, hash) => {
-                    drop(cursor);
-                    (lk, change, None, hash.unwrap_or(0), false)
-                }
+    let decide = |job: &mut dyn Job, current: &mut Option<SiblingSet>| {
+        forget_flushed(job.apply_one(current, now_us), flushed_before)
+    };
+    // What became of a held set lent to the job.
+    enum Lent {
+        /// Settled in place; true when the job stored a new version.
+        Held(bool),
+        /// To be written through; the lent set, unless the job took it.
+        Through(Change, Option<SiblingSet>),
+    }
+    let lent = held.get_mut(lookup.as_slice()).map(|h| {
+        let mut current = Some(std::mem::take(&mut h.set));
+        match decide(job, &mut current) {
+            Change::Put(set) => {
+                h.set = set;
+                h.dirty = true;
+                Ok(Lent::Held(true))
             }
+            Change::Keep => match current {
+                Some(set) => {
+                    h.set = set;
+                    Ok(Lent::Held(false))
+                }
+                None => Err(lent_set_lost()),
+            },
+            change => Ok(Lent::Through(change, current)),
+        }
+    });
+    match lent.transpose()? {
+        Some(Lent::Held(wrote)) => {
+            if wrote {
+                inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok((txn, Ok(())));
+        }
+        Some(Lent::Through(change, current)) => {
+            let Some((lk, h)) = held.remove_entry(lookup.as_slice()) else {
+                return Err(lent_set_lost());
+            };
+            let replaces = matches!(change, Change::Put(_) | Change::PutHinted(..) | Change::Remove);
+            match current {
+                // The change leaves the record in place (a delivered hint): store the
+                // held version first if the transaction does not have it yet.
+                Some(set) if h.dirty && !replaces => {
+                    let full = keys::needs_full_key(key).then_some(&key[..]);
+                    let from = log.len();
+                    log.push(Logged::Put(lk.clone(), record::encode(full, &set)));
+                    txn = replay_on_full(inner, txn, log, from, Some(h.stored_hash))?;
+                }
+                None if h.dirty && !replaces => return Err(lent_set_lost()),
+                // Replaced or removed: the held version need not be stored on the way (the
+                // tree change is read from the transaction, so it still adds up).
+                _ => {}
+            }
+            txn = write_through(inner, txn, log, lk, key, change)?;
+            return Ok((txn, Ok(())));
+        }
+        None => {}
+    }
+    let lk = lookup.as_slice().to_vec();
+    let exact = (Bound::Included(&lk[..]), Bound::Included(&lk[..]));
+    let mut cursor = inner
+        .data
+        .range_mut(&mut txn.wtxn, &exact)
+        .map_err(|e| map_err(inner, e))?;
+    let read = match cursor.next() {
+        Some(Ok((_, bytes))) => record::decode(bytes).map(|(_, set)| (Some(set), Some(tree::record_hash(&lk, bytes)))),
+        None => Ok((None, None)),
+        Some(Err(e)) => Err(e.into()),
+    };
+    let (mut current, hash) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            drop(cursor);
+            return Ok((txn, Err(e)));
         }
     };
-    let hold = |held: &mut Held, lk: Vec<u8>, set: SiblingSet, dirty: bool| {
-        let record = HeldRecord {
-            key: key.clone(),
-            set,
-            stored_hash,
-            dirty,
-        };
-        held.insert(lk, record);
-    };
-    match (change, kept) {
-        (Change::Keep, None) => {}
-        (Change::Keep, Some(set)) => hold(held, lk, set, dirty),
-        (Change::Put(set), _) => {
-            hold(held, lk, set, true);
+    let change = decide(job, &mut current);
+    match (change, hash) {
+        (Change::Put(set), Some(old)) => {
+            let full = keys::needs_full_key(key).then_some(&key[..]);
+            let bytes = record::encode(full, &set);
+            let new = tree::record_hash(&lk, &bytes);
+            // SAFETY: nothing read through the cursor is still borrowed (the set and hash
+            // above are owned), and the cursor sits on `lk`.
+            let put = unsafe { cursor.put_current(&lk, &bytes) };
+            drop(cursor);
+            log.push(Logged::Put(lk.clone(), bytes));
+            match put {
+                Ok(_) => txn.deltas.add(&lk, old ^ new),
+                Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
+                    txn.wtxn.abort();
+                    // The replay makes this put and its tree change again.
+                    txn = grow_and_replay(inner, log)?;
+                }
+                Err(e) => return Err(map_err(inner, e)),
+            }
+            inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+            let record = HeldRecord {
+                key: key.clone(),
+                set,
+                stored_hash: new,
+                dirty: false,
+            };
+            held.insert(lk, record);
+        }
+        (Change::Put(set), None) => {
+            drop(cursor);
+            let record = HeldRecord {
+                key: key.clone(),
+                set,
+                stored_hash: 0,
+                dirty: true,
+            };
+            held.insert(lk, record);
             inner.stats.writes.fetch_add(1, Ordering::Relaxed);
         }
-        (change, kept) => {
-            if let Some(set) = kept.filter(|_| dirty) {
-                let full = keys::needs_full_key(key).then_some(&key[..]);
-                let from = log.len();
-                log.push(Logged::Put(lk.clone(), record::encode(full, &set)));
-                txn = replay_on_full(inner, txn, log, from, Some(stored_hash))?;
-            }
+        (change, _) => {
+            drop(cursor);
             txn = write_through(inner, txn, log, lk, key, change)?;
         }
     }
     Ok((txn, Ok(())))
+}
+
+/// A job kept a held set it was lent without replacing the record (see
+/// [`Job::apply_one`]): the batch fails rather than lose that version.
+fn lent_set_lost() -> StoreError {
+    StoreError::Failed("a write kept the version it was lent without replacing it".into())
 }
 
 /// Logs and applies `change` to the record under `lk` (user key `key`) in the
