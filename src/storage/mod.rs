@@ -361,6 +361,12 @@ impl Store {
         ReadRun::start(self.inner.id)
     }
 
+    /// The time a read judges expiries by (ms since the Unix epoch): one clock reading
+    /// per run of reads (see [`snapshot`]), the clock now outside a run.
+    pub fn read_time_ms(&self) -> u64 {
+        snapshot::time_ms(self.inner.id)
+    }
+
     fn read<T>(&self, f: impl FnOnce(&heed::RoTxn<'_, WithTls>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         snapshot::read(&self.inner, f)
     }

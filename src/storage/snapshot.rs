@@ -27,6 +27,9 @@ struct Open {
     /// The task that started the run (`None` outside a task, in tests).
     task: Option<tokio::task::Id>,
     txn: Option<(RoTxn<'static, WithTls>, RwLockReadGuard<'static, ()>)>,
+    /// The wall-clock time of the run's reads (ms since the Unix epoch), read once, as
+    /// its snapshot is taken once: expiries are judged as of one moment.
+    now_ms: Option<u64>,
 }
 
 thread_local! {
@@ -48,6 +51,7 @@ impl ReadRun {
                     store,
                     task: tokio::task::try_id(),
                     txn: None,
+                    now_ms: None,
                 });
             }
         });
@@ -65,6 +69,20 @@ impl Drop for ReadRun {
             }
         });
     }
+}
+
+/// The time (ms since the Unix epoch) a read of store `store` judges expiries by: the
+/// run's, read at its first call, when this thread's task has a run of that store open;
+/// otherwise the clock now.
+pub(super) fn time_ms(store: u64) -> u64 {
+    RUN.with(|r| {
+        let mut r = r.try_borrow_mut().ok()?;
+        let open = r
+            .as_mut()
+            .filter(|o| o.store == store && o.task == tokio::task::try_id())?;
+        Some(*open.now_ms.get_or_insert_with(crate::clock::now_ms))
+    })
+    .unwrap_or_else(crate::clock::now_ms)
 }
 
 /// Runs `f` in a read transaction of `inner`: the run's when this thread has one for

@@ -391,6 +391,30 @@ fn a_run_of_reads_shares_one_snapshot() {
     });
 }
 
+#[test]
+fn a_run_of_reads_judges_expiry_at_one_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+    let other = Store::open(other_dir.path(), Fsync::No, 1 << 20).expect("open other");
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
+    let run = store.read_run();
+    let first = store.read_time_ms();
+    pause();
+    assert_eq!(store.read_time_ms(), first, "one time for the whole run");
+    assert!(other.read_time_ms() > first, "another store's reads use the clock");
+    drop(run);
+    assert!(store.read_time_ms() > first, "after the run, the clock");
+    let run = store.read_run();
+    let second = store.read_time_ms();
+    assert!(second > first, "a new run reads the clock again");
+    drop(run);
+    rt().block_on(async {
+        store.close().await.expect("close");
+        other.close().await.expect("close other");
+    });
+}
+
 /// After a flush at time T, a late copy of a sibling written before T is not stored
 /// (alone it leaves no record; beside a newer one it is dropped), writes made here are
 /// dated T or later, and T survives a restart.

@@ -30,7 +30,8 @@ where
 
 /// Reads a key's live value.
 pub async fn read_value(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Sibling>, Reply> {
-    let now = crate::clock::now_ms();
+    // One clock reading per run of pipelined reads, like their shared snapshot.
+    let now = ctx.node.coord.store().read_time_ms();
     let (v, live) = ctx.node.coord.read_winner(key, now).await.map_err(coord_error)?;
     crate::metrics::commands::record_siblings(live as u64);
     let counter = if v.is_some() {
