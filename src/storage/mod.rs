@@ -356,13 +356,13 @@ impl Store {
     }
 
     /// Starts a run of reads on this thread that share one read transaction (see
-    /// [`snapshot`]); the caller must drop it before yielding to other tasks.
+    /// [`ReadRun`]); the caller must drop it before yielding to other tasks.
     pub fn read_run(&self) -> ReadRun {
         ReadRun::start(self.inner.id)
     }
 
     /// The time a read judges expiries by (ms since the Unix epoch): one clock reading
-    /// per run of reads (see [`snapshot`]), the clock now outside a run.
+    /// per run of reads (see [`ReadRun`]), the clock now outside a run.
     pub fn read_time_ms(&self) -> u64 {
         snapshot::time_ms(self.inner.id)
     }
