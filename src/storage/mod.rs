@@ -508,11 +508,7 @@ impl Store {
         F: FnOnce(Vec<Option<SiblingSet>>, u64) -> (Vec<Change>, T) + Send + 'static,
     {
         let (done, wait) = oneshot::channel();
-        let job = Box::new(Submitted {
-            f: Some(f),
-            result: None,
-            done,
-        });
+        let job = Submitted::new(Many(f), done);
         self.send(WriteOp::Update { keys, job }).await?;
         Ok(Committed { wait })
     }
@@ -526,11 +522,7 @@ impl Store {
         F: FnOnce(&mut Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
     {
         let (done, wait) = oneshot::channel();
-        let job = Box::new(SubmittedOne {
-            f: Some(f),
-            result: None,
-            done,
-        });
+        let job = Submitted::new(One(f), done);
         self.send(WriteOp::UpdateOne { key, job }).await?;
         Ok(Committed { wait })
     }
@@ -811,45 +803,58 @@ impl<T> Committed<T> {
     }
 }
 
-/// The [`writer::Job`] of [`Store::submit_many`]: the caller's computation, its result
-/// once computed, and the caller's end, which gets the result after the commit.
-struct Submitted<F, T> {
-    f: Option<F>,
+/// The [`writer::Job`] of [`Store::submit_many`] (computation [`Many`]) and of
+/// [`Store::submit_one`] ([`One`]): the caller's computation, its result once computed,
+/// and the caller's end, which gets the result after the commit.
+struct Submitted<C, T> {
+    f: Option<C>,
     result: Option<T>,
     done: oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<F, T> writer::Job for Submitted<F, T>
+/// A computation over several keys' sets.
+struct Many<F>(F);
+/// A computation over one key's set, lent (see [`Store::submit_one`]).
+struct One<F>(F);
+
+impl<C, T> Submitted<C, T> {
+    fn new(f: C, done: oneshot::Sender<Result<T, StoreError>>) -> Box<Submitted<C, T>> {
+        Box::new(Submitted {
+            f: Some(f),
+            result: None,
+            done,
+        })
+    }
+
+    /// Runs the computation (once; `None` after that) and keeps its result for `answer`.
+    fn compute<R>(&mut self, run: impl FnOnce(C) -> (R, T)) -> Option<R> {
+        let (out, result) = run(self.f.take()?);
+        self.result = Some(result);
+        Some(out)
+    }
+
+    /// Tells the caller how its write ended.
+    fn answer(self, outcome: Result<(), StoreError>) {
+        let result = self.result;
+        let _ = self.done.send(outcome.and_then(|()| result.ok_or(StoreError::Closed)));
+    }
+}
+
+impl<F, T> writer::Job for Submitted<Many<F>, T>
 where
     T: Send + 'static,
     F: FnOnce(Vec<Option<SiblingSet>>, u64) -> (Vec<Change>, T) + Send + 'static,
 {
     fn apply(&mut self, sets: Vec<Option<SiblingSet>>, now_us: u64) -> Vec<Change> {
-        match self.f.take() {
-            Some(f) => {
-                let (changes, result) = f(sets, now_us);
-                self.result = Some(result);
-                changes
-            }
-            None => Vec::new(),
-        }
+        self.compute(|Many(f)| f(sets, now_us)).unwrap_or_default()
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
-        let Submitted { result, done, .. } = *self;
-        let _ = done.send(outcome.and_then(|()| result.ok_or(StoreError::Closed)));
+        self.answer(outcome);
     }
 }
 
-/// The [`writer::Job`] of [`Store::submit_one`], as [`Submitted`] is of
-/// [`Store::submit_many`].
-struct SubmittedOne<F, T> {
-    f: Option<F>,
-    result: Option<T>,
-    done: oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<F, T> writer::Job for SubmittedOne<F, T>
+impl<F, T> writer::Job for Submitted<One<F>, T>
 where
     T: Send + 'static,
     F: FnOnce(&mut Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
@@ -860,19 +865,11 @@ where
     }
 
     fn apply_one(&mut self, set: &mut Option<SiblingSet>, now_us: u64) -> Change {
-        match self.f.take() {
-            Some(f) => {
-                let (change, result) = f(set, now_us);
-                self.result = Some(result);
-                change
-            }
-            None => Change::Keep,
-        }
+        self.compute(|One(f)| f(set, now_us)).unwrap_or(Change::Keep)
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
-        let SubmittedOne { result, done, .. } = *self;
-        let _ = done.send(outcome.and_then(|()| result.ok_or(StoreError::Closed)));
+        self.answer(outcome);
     }
 }
 
