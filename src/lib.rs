@@ -8,7 +8,8 @@
 //! - [`clock`]: wall-clock time in the store's units.
 //! - [`ring`]: the partition (hash slot) of a key and the preference lists. Pure.
 //! - [`version`]: dotted version vectors and sibling sets, and their byte format. Pure.
-//! - [`storage`]: the LMDB store (the only module that imports `heed`), group commit.
+//! - [`storage`]: the LMDB store (the only module that imports `heed`), group commit,
+//!   and the write-ahead log that makes a commit durable with one flush.
 //! - [`coordinator`]: reads and writes of keys as decisions over sibling sets, quorum
 //!   fan-out over replicas, read repair; background workers: hinted handoff, Merkle
 //!   anti-entropy, reaping of dead records, partition transfers on ring changes.

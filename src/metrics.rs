@@ -55,6 +55,9 @@ pub const LMDB_USED_BYTES: &str = "dynkv_lmdb_used_bytes";
 pub const COMMIT_BATCH: &str = "dynkv_commit_batch_size";
 /// Time of one group commit, including its fsync when `fsync = always`.
 pub const COMMIT_SECONDS: &str = "dynkv_commit_duration_seconds";
+/// Time of one checkpoint of the write-ahead log (`fsync = always`): LMDB's flush and a
+/// fresh log.
+pub const CHECKPOINT_SECONDS: &str = "dynkv_checkpoint_duration_seconds";
 /// Connected clients.
 pub const CLIENTS: &str = "dynkv_connected_clients";
 /// Bytes read from clients.
@@ -87,7 +90,7 @@ const COUNT_BUCKETS: &[f64] = &[
 pub async fn install(addr: SocketAddr) -> Result<(), InstallError> {
     let listener = http::bind(addr).await?;
     let mut b = PrometheusBuilder::new();
-    for name in [QUORUM_SECONDS, COMMIT_SECONDS] {
+    for name in [QUORUM_SECONDS, COMMIT_SECONDS, CHECKPOINT_SECONDS] {
         b = b.set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)?;
     }
     b = b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.to_string()), COUNT_BUCKETS)?;
@@ -158,6 +161,11 @@ fn describe() {
         COMMIT_SECONDS,
         Unit::Seconds,
         "Time of one group commit, fsync included."
+    );
+    describe_histogram!(
+        CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "Time of one checkpoint of the write-ahead log (fsync = always)."
     );
     describe_gauge!(CLIENTS, "Connected clients.");
     describe_counter!(NET_IN, Unit::Bytes, "Bytes read from clients.");

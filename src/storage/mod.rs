@@ -6,7 +6,9 @@
 //! acknowledges each only after its transaction committed under the fsync setting.
 //!
 //! With `fsync = always` there is one writer, on a thread of its own: every commit waits
-//! for the disk, so all writes of the node should share it. Otherwise each client thread
+//! for the disk, so all writes of the node should share it. LMDB then commits without
+//! flushing, and the write-ahead log ([`wal`]) makes each commit durable with one flush
+//! instead of LMDB's two; LMDB's file is flushed at the log's checkpoints. Otherwise each client thread
 //! (a single-threaded runtime, see `resp::listener`) gets a writer task of its own for the
 //! writes submitted there, so a write never crosses threads; their transactions take
 //! turns on one lock (LMDB has one write transaction at a time anyway). Writes from
@@ -16,6 +18,7 @@ mod keys;
 mod record;
 mod snapshot;
 pub mod tree;
+mod wal;
 mod writer;
 
 use std::cell::RefCell;
@@ -74,8 +77,20 @@ pub struct StoreStats {
     pub reaped: AtomicU64,
 }
 
+/// An LMDB database of raw byte keys and values.
+pub(crate) type Db = Database<RawBytes, RawBytes>;
+
+/// Locks a mutex, taking it over from a thread that panicked holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) struct Inner {
     env: Env<WithTls>,
+    /// The redo log (`fsync = always`): commits are made durable by it (see [`wal`]).
+    wal: Option<Mutex<wal::Wal>>,
+    /// The data directory's lock (see [`wal::lock_dir`]), held while the store is open.
+    _dir_lock: std::fs::File,
     data: Database<RawBytes, RawBytes>,
     meta: Database<RawBytes, RawBytes>,
     /// Hints: which records this node holds for owners that were down (`lmdb key | owner`).
@@ -187,30 +202,48 @@ impl Store {
     /// and, for `fsync = everysec`, the once-a-second syncer.
     pub fn open(dir: &Path, fsync: Fsync, initial_map_size: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Lmdb(heed::Error::Io(e)))?;
+        let dir_lock = wal::lock_dir(dir)?;
+        // After a crash with a log, LMDB's file is first taken back to the log's checkpoint.
+        let restored = wal::restore(dir)?;
         let page = 4096usize;
         let mut map_size = initial_map_size.div_ceil(page) * page;
-        // An existing environment may already be larger than the configured start.
+        // An existing environment may already be larger than the configured start, and
+        // redoing a log needs room beyond it.
         if let Ok(meta) = std::fs::metadata(dir.join("data.mdb")) {
-            while (map_size as u64) < meta.len() {
+            let redo = restored.as_ref().map_or(0, |r| 4 * r.bytes + (16 << 20));
+            while (map_size as u64) < meta.len() + redo {
                 map_size *= 2;
             }
         }
         let mut opts = EnvOpenOptions::new();
         opts.map_size(map_size).max_dbs(8).max_readers(4096);
-        if fsync != Fsync::Always {
-            // SAFETY: NO_SYNC only weakens durability, as the `fsync` setting asks; LMDB
-            // stays consistent (a crash loses the newest transactions, never corrupts).
-            unsafe {
-                opts.flags(EnvFlags::NO_SYNC);
-            }
+        // SAFETY: with `fsync = always` the log makes each commit durable before it is
+        // acknowledged, and a checkpoint's state is restored after a crash (see [`wal`]);
+        // otherwise NO_SYNC only weakens durability, as the `fsync` setting asks.
+        unsafe {
+            opts.flags(EnvFlags::NO_SYNC);
         }
         // SAFETY: the environment is opened once per process (the node owns its dir).
         let env = unsafe { opts.open(dir)? };
+        // The restored state stays pinned until a new checkpoint replaces it.
+        let pin = match restored.is_some() || fsync == Fsync::Always {
+            true => Some(wal::Pin::new(&env)?),
+            false => None,
+        };
         let mut wtxn = env.write_txn()?;
-        let data: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("data"))?;
-        let meta: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("meta"))?;
-        let hints: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("hints"))?;
-        let trees: Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("trees"))?;
+        let data: Db = env.create_database(&mut wtxn, Some("data"))?;
+        let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
+        let hints: Db = env.create_database(&mut wtxn, Some("hints"))?;
+        let trees: Db = env.create_database(&mut wtxn, Some("trees"))?;
+        if let Some(r) = &restored {
+            let dbs = writer::Dbs {
+                data,
+                meta,
+                hints,
+                trees,
+            };
+            wtxn = writer::redo(&dbs, wtxn, &r.commits)?;
+        }
         // Trees built by this release are sound; an empty store has sound (empty) trees;
         // otherwise (a store from before trees, or of another tree format) a background
         // rebuild resumes where it stopped.
@@ -240,8 +273,21 @@ impl Store {
             None => 0,
         };
         wtxn.commit()?;
+        let wal = match fsync {
+            Fsync::Always => Some(Mutex::new(wal::Wal::start(dir, &env, pin, restored.as_ref())?)),
+            _ => {
+                if restored.is_some() {
+                    env.force_sync()?;
+                    wal::remove(dir)?;
+                }
+                drop(pin);
+                None
+            }
+        };
         let inner = Arc::new(Inner {
             env,
+            wal,
+            _dir_lock: dir_lock,
             data,
             meta,
             hints,
@@ -346,8 +392,7 @@ impl Store {
         let mut wtxn = self.inner.env.write_txn()?;
         self.inner.meta.put(&mut wtxn, key, value)?;
         wtxn.commit()?;
-        self.inner.env.force_sync()?;
-        Ok(())
+        self.inner.sync()
     }
 
     /// The store's counters.
@@ -769,8 +814,19 @@ impl Store {
         for t in threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        self.inner.env.force_sync()?;
-        Ok(())
+        let _turn = self.inner.write_lock.blocking();
+        self.inner.sync()
+    }
+}
+
+impl Inner {
+    /// Makes every commit so far durable: a checkpoint of the log, or a flush of LMDB.
+    /// The caller holds the write lock.
+    fn sync(&self) -> Result<(), StoreError> {
+        match &self.wal {
+            Some(wal) => lock(wal).checkpoint(&self.env, || Ok(())),
+            None => Ok(self.env.force_sync()?),
+        }
     }
 }
 

@@ -662,3 +662,123 @@ proptest! {
         })?;
     }
 }
+
+/// Every record and hint of a store, for comparing two of them.
+fn contents(store: &Store) -> (Vec<Option<SiblingSet>>, Vec<(u64, u64)>) {
+    let records = (0..=255u8).map(|k| store.get(&key(k)).expect("get")).collect();
+    (records, store.hint_counts().expect("hints"))
+}
+
+/// With `fsync = always`, LMDB commits without flushing and the log makes each commit
+/// durable. A power cut after a checkpoint may leave on disk LMDB's newest meta page but
+/// none of the pages written since the checkpoint (here: garbage in their place, or the
+/// file as the checkpoint left it), and a log whose last record was cut short. The store
+/// opened from that (with or without a log of its own) has every commit the log holds,
+/// and sound trees.
+#[test]
+fn a_power_cut_after_a_checkpoint_loses_no_logged_commit() {
+    for (garbage, reopen) in [(false, Fsync::Always), (true, Fsync::Always), (true, Fsync::No)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let crashed = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
+            put_each(&store, 0..40, 1, |k| vec![k; 100]).await;
+            store.close().await.expect("close");
+            drop(store);
+            // Opening checkpoints: the file is now as the checkpoint left it.
+            let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("reopen");
+            let checkpoint = std::fs::read(dir.path().join("data.mdb")).expect("read");
+            // Fewer commits than a checkpoint waits for, each logged: a FLUSHALL, puts,
+            // removals, a hinted put, and a hot key written again and again (LMDB would
+            // reuse the checkpoint's pages for these, were they not pinned).
+            store.clear(1).await.expect("clear");
+            put_each(&store, 0..60, 2, |k| vec![k; 200]).await;
+            for k in [3, 5] {
+                store.update(key(k), |_| (Change::Remove, ())).await.expect("remove");
+            }
+            store
+                .update(key(7), |_| (Change::PutHinted(set_of(3, b"held", false), vec![99]), ()))
+                .await
+                .expect("hinted put");
+            for i in 0..80u8 {
+                put_each(&store, 1..2, 10 + u64::from(i), |_| vec![i; 50]).await;
+            }
+            let want = contents(&store);
+            let want_trees = expected_trees(&store);
+            assert!(
+                want.0.iter().flatten().count() >= 57 && want.1 == vec![(99, 1)],
+                "{:?}",
+                want.1
+            );
+            let page = store.inner.env.stat().page_size as usize;
+            let mut file = std::fs::read(dir.path().join("data.mdb")).expect("read");
+            if garbage {
+                // The newest meta pages reached the disk; no page written since did.
+                let mut replaced = 0;
+                for (i, p) in file.chunks_mut(page).enumerate().skip(2) {
+                    if checkpoint.get(i * page..(i + 1) * page) != Some(&*p) {
+                        p.fill(0xAB);
+                        replaced += 1;
+                    }
+                }
+                assert!(replaced > 10, "only {replaced} pages written since the checkpoint");
+            } else {
+                file = checkpoint;
+            }
+            std::fs::write(crashed.path().join("data.mdb"), &file).expect("write");
+            let mut newest = (0, String::new(), Vec::new());
+            for name in ["wal.0", "wal.1"] {
+                let log = std::fs::read(dir.path().join(name)).expect("read the log");
+                std::fs::write(crashed.path().join(name), &log).expect("copy the log");
+                let generation = wal::header(&log).map_or(0, |(g, ..)| g);
+                if generation > newest.0 {
+                    newest = (generation, name.to_string(), log);
+                }
+            }
+            // A last record cut short by the power cut: bytes after the last whole one.
+            let (generation, name, mut log) = newest;
+            let (_, _, mut at) = wal::header(&log).expect("a header");
+            let mut records = 0;
+            while let Some((_, next)) = wal::record(&log, at, generation) {
+                at = next;
+                records += 1;
+            }
+            assert!(records >= 140, "{records} records logged since the checkpoint");
+            log[at..at + 7].copy_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
+            std::fs::write(crashed.path().join(name), &log).expect("write");
+            drop(store);
+
+            let store = Store::open(crashed.path(), reopen, 1 << 20).expect("open the crashed copy");
+            assert!(contents(&store) == want, "garbage {garbage}: a logged commit was lost");
+            assert_eq!(expected_trees(&store), want_trees);
+            assert!(store.trees_ready(), "the trees need no rebuild");
+            assert_eq!(stored_trees(&store), want_trees);
+            assert_eq!(crashed.path().join("wal.0").exists(), reopen == Fsync::Always);
+            // It goes on from there, and reopens cleanly.
+            put_each(&store, 100..110, 4, |k| vec![k]).await;
+            let want = contents(&store);
+            store.close().await.expect("close");
+            drop(store);
+            let store = Store::open(crashed.path(), reopen, 1 << 20).expect("reopen");
+            assert!(contents(&store) == want);
+            assert_eq!(stored_trees(&store), expected_trees(&store));
+            store.close().await.expect("close");
+        });
+    }
+}
+
+/// A second store on a directory in use is refused before it touches anything (a log's
+/// restore rewrites LMDB's meta pages), and the directory is free again once closed.
+#[test]
+fn a_data_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
+        let err = Store::open(dir.path(), Fsync::Always, 1 << 20).err().expect("refused");
+        assert!(err.to_string().contains("in use by another process"), "{err}");
+        store.close().await.expect("close");
+        drop(store);
+        let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("reopen");
+        store.close().await.expect("close");
+    });
+}

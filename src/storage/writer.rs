@@ -113,15 +113,62 @@ impl Ack {
     }
 }
 
-/// An encoded change, kept so a batch can be replayed after the map grows.
-enum Logged {
+/// An encoded change, kept so a batch can be replayed after the map grows, and logged
+/// so a crash can redo it (see [`super::wal`]).
+pub(crate) enum Logged {
+    /// Store a record: LMDB key, encoded record.
     Put(Vec<u8>, Vec<u8>),
+    /// Delete a record: LMDB key.
     Delete(Vec<u8>),
+    /// Store a hint: hint key.
     PutHint(Vec<u8>),
+    /// Delete a hint: hint key.
     DeleteHint(Vec<u8>),
     /// Remove every record and hint, and record the flush time.
     Clear(u64),
+    /// Recompute a partition's tree from its records.
     RebuildTree(u16),
+}
+
+/// The databases a logged change writes.
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    pub(crate) data: super::Db,
+    pub(crate) meta: super::Db,
+    pub(crate) hints: super::Db,
+    pub(crate) trees: super::Db,
+}
+
+impl Dbs {
+    fn of(inner: &Inner) -> Dbs {
+        Dbs {
+            data: inner.data,
+            meta: inner.meta,
+            hints: inner.hints,
+            trees: inner.trees,
+        }
+    }
+}
+
+/// Redoes the commits of a crashed node's log (see [`super::wal::restore`]) in `wtxn`,
+/// in order. The records' tree changes are stored unless the trees were already behind
+/// (then the store rebuilds them anyway).
+pub(crate) fn redo<'e>(
+    dbs: &Dbs,
+    wtxn: heed::RwTxn<'e>,
+    commits: &[Vec<Logged>],
+) -> Result<heed::RwTxn<'e>, heed::Error> {
+    let mut txn = Txn {
+        wtxn,
+        deltas: tree::Deltas::default(),
+    };
+    for l in commits.iter().flatten() {
+        apply_logged(dbs, &mut txn, l, None)?;
+    }
+    if dbs.meta.get(&txn.wtxn, super::TREES_BEHIND)?.is_none() {
+        tree::flush(&dbs.trees, &mut txn.wtxn, &mut txn.deltas)?;
+    }
+    Ok(txn.wtxn)
 }
 
 /// The write transaction of a batch, with the tree changes the batch has made so far:
@@ -180,6 +227,16 @@ fn finish_batch(inner: &Inner, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec
         }
     }
     let close = commit_batch(inner, batch);
+    // A due checkpoint of the log runs once the batch is acknowledged, before the next.
+    if let Some(wal) = &inner.wal {
+        let mut wal = super::lock(wal);
+        if close.is_none() && wal.due(&inner.env) {
+            if let Err(e) = wal.checkpoint(&inner.env, || Ok(())) {
+                // The next commit retries it before it is acknowledged.
+                tracing::error!("checkpoint failed: {e}");
+            }
+        }
+    }
     drop(turn);
     match close {
         Some(done) => {
@@ -357,12 +414,29 @@ fn apply_all(
                 }
                 inner.flushed_before.fetch_max(flushed_before, Ordering::AcqRel);
                 inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                drop(pending);
+                // With a log, LMDB committed without flushing: one flush of the log makes
+                // the batch durable before it is acknowledged.
+                return match &inner.wal {
+                    Some(wal) => make_durable(inner, &mut super::lock(wal), &log),
+                    None => Ok(()),
+                };
             }
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => txn = grow_and_replay(inner, &log)?,
             Err(e) => return Err(map_err(inner, e)),
         }
     }
+}
+
+/// Writes a committed batch's changes to the log and flushes it, or, when the log cannot
+/// take them (it failed before, or is full), checkpoints (the writer holds the lock).
+fn make_durable(inner: &Inner, wal: &mut super::wal::Wal, log: &[Logged]) -> Result<(), StoreError> {
+    match wal.write(&[log]) {
+        Ok(true) => Ok(()),
+        Ok(false) => wal.checkpoint(&inner.env, || Ok(())),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| store_err(inner, e))
 }
 
 /// Drops from tree changes made before a batch what the batch's clears and tree
@@ -630,7 +704,7 @@ fn replay_on_full<'e>(
     known_old: Option<u128>,
 ) -> Result<Txn<'e>, StoreError> {
     for (i, l) in log[from..].iter().enumerate() {
-        match apply_logged(inner, &mut txn, l, known_old.filter(|_| i == 0)) {
+        match apply_logged(&Dbs::of(inner), &mut txn, l, known_old.filter(|_| i == 0)) {
             Ok(()) => {}
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
                 txn.wtxn.abort();
@@ -667,7 +741,7 @@ fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<Txn<'e>, Stor
         grow(inner)?;
         let mut txn = Txn::begin(inner)?;
         for l in log {
-            match apply_logged(inner, &mut txn, l, None) {
+            match apply_logged(&Dbs::of(inner), &mut txn, l, None) {
                 Ok(()) => {}
                 Err(heed::Error::Mdb(heed::MdbError::MapFull)) => {
                     txn.wtxn.abort();
@@ -683,8 +757,9 @@ fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<Txn<'e>, Stor
 /// Applies one change; a record's change moves its anti-entropy tree in the same
 /// transaction (the old contribution is read from the transaction itself, so a replay
 /// after the map grew computes the same tree, unless the caller has just read it: `known_old`).
-fn apply_logged(inner: &Inner, txn: &mut Txn<'_>, l: &Logged, known_old: Option<u128>) -> Result<(), heed::Error> {
+fn apply_logged(dbs: &Dbs, txn: &mut Txn<'_>, l: &Logged, known_old: Option<u128>) -> Result<(), heed::Error> {
     let Txn { wtxn, deltas } = txn;
+    let inner = dbs;
     match l {
         Logged::Put(k, v) => {
             let old = match known_old {
@@ -724,7 +799,7 @@ fn apply_logged(inner: &Inner, txn: &mut Txn<'_>, l: &Logged, known_old: Option<
 }
 
 /// The tree contribution of the record now under `k` (0 when there is none).
-fn old_hash(inner: &Inner, wtxn: &heed::RwTxn<'_>, k: &[u8]) -> Result<u128, heed::Error> {
+fn old_hash(inner: &Dbs, wtxn: &heed::RwTxn<'_>, k: &[u8]) -> Result<u128, heed::Error> {
     Ok(inner.data.get(wtxn, k)?.map_or(0, |old| tree::record_hash(k, old)))
 }
 
@@ -736,9 +811,14 @@ fn grow(inner: &Inner) -> Result<(), StoreError> {
     if new_size > MAX_MAP_SIZE {
         return Err(StoreError::DiskFull);
     }
-    // SAFETY: no transaction is open: readers are excluded by the gate and this thread is
-    // the only writer, and it has aborted its transaction before calling.
-    unsafe { inner.env.resize(new_size)? };
+    // SAFETY: no transaction is open: readers are excluded by the gate, this thread is
+    // the only writer and has aborted its transaction before calling, and a log's pin is
+    // released by its checkpoint before the resize (and taken again after it).
+    let resize = || unsafe { inner.env.resize(new_size) }.map_err(StoreError::Lmdb);
+    match &inner.wal {
+        Some(wal) => super::lock(wal).checkpoint(&inner.env, resize)?,
+        None => resize()?,
+    }
     inner.map_size.store(new_size, Ordering::Release);
     inner.stats.map_resizes.fetch_add(1, Ordering::Relaxed);
     tracing::info!(new_size, "LMDB map grown");
@@ -757,6 +837,14 @@ fn map_err(inner: &Inner, e: heed::Error) -> StoreError {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull,
         Some(libc::EIO) if disk_nearly_full(inner.env.path()) => StoreError::DiskFull,
         _ => StoreError::Lmdb(e),
+    }
+}
+
+/// [`map_err`] for a store error: an LMDB or I/O error is classified, others kept.
+fn store_err(inner: &Inner, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Lmdb(e) => map_err(inner, e),
+        other => other,
     }
 }
 
