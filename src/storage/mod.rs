@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use heed::types::Bytes as RawBytes;
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, WithTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, FlagSetMode, WithTls};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Fsync;
@@ -217,12 +217,8 @@ impl Store {
         }
         let mut opts = EnvOpenOptions::new();
         opts.map_size(map_size).max_dbs(8).max_readers(4096);
-        // SAFETY: with `fsync = always` the log makes each commit durable before it is
-        // acknowledged, and a checkpoint's state is restored after a crash (see [`wal`]);
-        // otherwise NO_SYNC only weakens durability, as the `fsync` setting asks.
-        unsafe {
-            opts.flags(EnvFlags::NO_SYNC);
-        }
+        // Opened with LMDB's own flushes, so the set-up below (and the redo of a log) is
+        // durable by itself; NO_SYNC is set once it is committed.
         // SAFETY: the environment is opened once per process (the node owns its dir).
         let env = unsafe { opts.open(dir)? };
         // The restored state stays pinned until a new checkpoint replaces it.
@@ -273,12 +269,16 @@ impl Store {
             None => 0,
         };
         wtxn.commit()?;
+        // SAFETY: no other thread sets flags. With `fsync = always` the log makes each
+        // commit durable before it is acknowledged, and a checkpoint's state is restored
+        // after a crash (see [`wal`]); otherwise NO_SYNC only weakens durability, as the
+        // `fsync` setting asks.
+        unsafe { env.set_flags(EnvFlags::NO_SYNC, FlagSetMode::Enable)? };
         let wal = match fsync {
             Fsync::Always => Some(Mutex::new(wal::Wal::start(dir, &env, pin, restored.as_ref())?)),
             _ => {
-                if restored.is_some() {
-                    env.force_sync()?;
-                    wal::remove(dir)?;
+                if let Some(r) = &restored {
+                    wal::remove(dir, r)?;
                 }
                 drop(pin);
                 None

@@ -753,7 +753,9 @@ fn a_power_cut_after_a_checkpoint_loses_no_logged_commit() {
             assert_eq!(expected_trees(&store), want_trees);
             assert!(store.trees_ready(), "the trees need no rebuild");
             assert_eq!(stored_trees(&store), want_trees);
-            assert_eq!(crashed.path().join("wal.0").exists(), reopen == Fsync::Always);
+            for name in ["wal.0", "wal.1"] {
+                assert_eq!(crashed.path().join(name).exists(), reopen == Fsync::Always, "{name}");
+            }
             // It goes on from there, and reopens cleanly.
             put_each(&store, 100..110, 4, |k| vec![k]).await;
             let want = contents(&store);

@@ -490,16 +490,20 @@ impl Wal {
     }
 }
 
-/// Removes the log of a directory whose environment now runs without one (`fsync =
-/// everysec | no`), once that environment is flushed.
-pub(crate) fn remove(dir: &Path) -> Result<(), StoreError> {
-    for name in FILES {
-        match std::fs::remove_file(dir.join(name)) {
+/// Removes the log `restored` came from, once its commits are redone and durable in an
+/// environment that runs without a log (`fsync = everysec | no`). The file of the older
+/// checkpoint goes first: a log left with only that file would restore a state whose
+/// pages LMDB may have reused since.
+pub(crate) fn remove(dir: &Path, restored: &Restored) -> Result<(), StoreError> {
+    let newest = restored.last.1;
+    for file in [1 - newest, newest] {
+        match std::fs::remove_file(dir.join(FILES[file])) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
             _ => {}
         }
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    Ok(())
 }
 
 #[cfg(test)]
