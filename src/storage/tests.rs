@@ -784,3 +784,48 @@ fn a_data_directory_in_use_is_refused() {
         store.close().await.expect("close");
     });
 }
+
+/// Checkpoints come due as commits add up (each after a flush of LMDB's file run ahead of
+/// it), alternate between the two log files, and a store that stops without closing
+/// (its newest commits only in the log) opens with every commit.
+#[test]
+fn checkpoints_come_due_and_a_store_stopped_between_them_opens_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generation = |dir: &std::path::Path| {
+        ["wal.0", "wal.1"]
+            .iter()
+            .filter_map(|n| std::fs::read(dir.join(n)).ok())
+            .filter_map(|b| wal::header(&b).map(|(g, ..)| g))
+            .max()
+            .unwrap_or(0)
+    };
+    rt().block_on(async {
+        let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
+        assert_eq!(generation(dir.path()), 1, "opening checkpoints");
+        for round in 0..4u8 {
+            put_each(&store, 0..200, u64::from(round) + 1, |k| vec![k, round]).await;
+        }
+        assert!(
+            generation(dir.path()) >= 3,
+            "800 commits made {} checkpoints",
+            generation(dir.path()) - 1
+        );
+        let want = contents(&store);
+        drop(store);
+        // The dropped store's writer lets go of the directory once it sees its queue closed.
+        let mut reopened = Store::open(dir.path(), Fsync::Always, 1 << 20);
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            reopened = Store::open(dir.path(), Fsync::Always, 1 << 20);
+        }
+        let store = reopened.expect("reopen without a close");
+        assert!(contents(&store) == want, "a commit was lost");
+        // The trees had changes pending in memory at the checkpoint: they are rebuilt.
+        while store.rebuild_tree_step().await.expect("step") {}
+        assert_eq!(stored_trees(&store), expected_trees(&store));
+        store.close().await.expect("close");
+    });
+}

@@ -230,7 +230,7 @@ fn finish_batch(inner: &Inner, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec
     // A due checkpoint of the log runs once the batch is acknowledged, before the next.
     if let Some(wal) = &inner.wal {
         let mut wal = super::lock(wal);
-        if close.is_none() && wal.due(&inner.env) {
+        if close.is_none() && wal.due(&inner.env) && wal.ready(&inner.env) {
             if let Err(e) = wal.checkpoint(&inner.env, || Ok(())) {
                 // The next commit retries it before it is acknowledged.
                 tracing::error!("checkpoint failed: {e}");
