@@ -8,8 +8,9 @@
 //! With `fsync = always` there is one writer, on a thread of its own: every commit waits
 //! for the disk, so all writes of the node should share it. LMDB then commits without
 //! flushing, and the write-ahead log ([`wal`]) makes each commit durable with one flush
-//! instead of LMDB's two; LMDB's file is flushed at the log's checkpoints. Otherwise each client thread
-//! (a single-threaded runtime, see `resp::listener`) gets a writer task of its own for the
+//! instead of LMDB's two; LMDB's file is flushed at the log's checkpoints.
+//!
+//! Otherwise each client thread (a single-threaded runtime, see `resp::listener`) gets a writer task of its own for the
 //! writes submitted there, so a write never crosses threads; their transactions take
 //! turns on one lock (LMDB has one write transaction at a time anyway). Writes from
 //! elsewhere (background tasks, internode requests) go to the node-wide writer.
@@ -218,14 +219,11 @@ impl Store {
         let mut opts = EnvOpenOptions::new();
         opts.map_size(map_size).max_dbs(8).max_readers(4096);
         // Opened with LMDB's own flushes, so the set-up below (and the redo of a log) is
-        // durable by itself; NO_SYNC is set once it is committed.
+        // durable by itself; NO_SYNC is set once it is committed. Until a new checkpoint
+        // replaces the restored one, that is the only commit: LMDB never reuses the pages
+        // of the last committed state, so a crash meanwhile finds the restored state whole.
         // SAFETY: the environment is opened once per process (the node owns its dir).
         let env = unsafe { opts.open(dir)? };
-        // The restored state stays pinned until a new checkpoint replaces it.
-        let pin = match restored.is_some() || fsync == Fsync::Always {
-            true => Some(wal::Pin::new(&env)?),
-            false => None,
-        };
         let mut wtxn = env.write_txn()?;
         let data: Db = env.create_database(&mut wtxn, Some("data"))?;
         let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
@@ -275,12 +273,11 @@ impl Store {
         // `fsync` setting asks.
         unsafe { env.set_flags(EnvFlags::NO_SYNC, FlagSetMode::Enable)? };
         let wal = match fsync {
-            Fsync::Always => Some(Mutex::new(wal::Wal::start(dir, &env, pin, restored.as_ref())?)),
+            Fsync::Always => Some(Mutex::new(wal::Wal::start(dir, &env, restored.as_ref())?)),
             _ => {
                 if let Some(r) = &restored {
                     wal::remove(dir, r)?;
                 }
-                drop(pin);
                 None
             }
         };

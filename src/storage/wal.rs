@@ -257,42 +257,40 @@ fn decode(body: &[u8]) -> Option<Vec<Logged>> {
 
 /// A read transaction held on one LMDB state, on a thread of its own (the environment's
 /// read transactions are bound to their thread), so LMDB keeps that state's pages.
-pub(crate) struct Pin {
+struct Pin {
     release: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Pin {
     /// Pins the newest committed state.
-    pub(crate) fn new(env: &Env<WithTls>) -> Result<Pin, StoreError> {
+    fn new(env: &Env<WithTls>) -> Result<Pin, StoreError> {
         let env = env.clone();
         let (release, released) = mpsc::channel::<()>();
         let (ready, pinned) = mpsc::channel::<Result<(), heed::Error>>();
         let thread = std::thread::Builder::new()
             .name("dynkv-pin".into())
-            .spawn(move || {
-                let txn = env.read_txn();
-                let ok = txn
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| heed::Error::Io(std::io::Error::other(e.to_string())));
-                let _ = ready.send(ok);
-                // Until the Pin is dropped (its sender closes).
-                let _ = released.recv();
-                drop(txn);
+            .spawn(move || match env.read_txn() {
+                Ok(txn) => {
+                    let _ = ready.send(Ok(()));
+                    // Until the Pin is dropped (its sender closes).
+                    let _ = released.recv();
+                    drop(txn);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
             })
             .map_err(io)?;
-        let mut pin = Pin {
+        // Dropped on failure too: its thread has ended or ends at once.
+        let pin = Pin {
             release: Some(release),
             thread: Some(thread),
         };
         match pinned.recv() {
             Ok(Ok(())) => Ok(pin),
             Ok(Err(e)) => Err(StoreError::Lmdb(e)),
-            Err(_) => {
-                pin.release = None;
-                Err(StoreError::Failed("the pinning thread died".into()))
-            }
+            Err(_) => Err(StoreError::Failed("the pinning thread died".into())),
         }
     }
 }
@@ -338,14 +336,8 @@ impl Drop for Wal {
 
 impl Wal {
     /// Starts the log of a just opened environment with a checkpoint, after the one
-    /// `restored` came from, if any. `pin` holds the state that checkpoint restored until
-    /// the new one replaces it.
-    pub(crate) fn start(
-        dir: &Path,
-        env: &Env<WithTls>,
-        pin: Option<Pin>,
-        restored: Option<&Restored>,
-    ) -> Result<Wal, StoreError> {
+    /// `restored` came from, if any.
+    pub(crate) fn start(dir: &Path, env: &Env<WithTls>, restored: Option<&Restored>) -> Result<Wal, StoreError> {
         let mut created = false;
         let mut open = |name: &str| -> Result<File, StoreError> {
             let path = dir.join(name);
@@ -388,7 +380,7 @@ impl Wal {
             commits: 0,
             last_page: 0,
             broken: true,
-            pin,
+            pin: None,
             preflush: None,
         };
         wal.checkpoint(env, || Ok(()))?;

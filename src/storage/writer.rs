@@ -759,48 +759,47 @@ fn grow_and_replay<'e>(inner: &'e Inner, log: &[Logged]) -> Result<Txn<'e>, Stor
 /// after the map grew computes the same tree, unless the caller has just read it: `known_old`).
 fn apply_logged(dbs: &Dbs, txn: &mut Txn<'_>, l: &Logged, known_old: Option<u128>) -> Result<(), heed::Error> {
     let Txn { wtxn, deltas } = txn;
-    let inner = dbs;
     match l {
         Logged::Put(k, v) => {
             let old = match known_old {
                 Some(h) => h,
-                None => old_hash(inner, wtxn, k)?,
+                None => old_hash(dbs, wtxn, k)?,
             };
-            inner.data.put(wtxn, k, v)?;
+            dbs.data.put(wtxn, k, v)?;
             deltas.add(k, old ^ tree::record_hash(k, v));
             Ok(())
         }
         Logged::Delete(k) => {
-            let old = old_hash(inner, wtxn, k)?;
-            if inner.data.delete(wtxn, k)? {
+            let old = old_hash(dbs, wtxn, k)?;
+            if dbs.data.delete(wtxn, k)? {
                 deltas.add(k, old);
             }
             Ok(())
         }
-        Logged::PutHint(k) => inner.hints.put(wtxn, k, &[]),
-        Logged::DeleteHint(k) => inner.hints.delete(wtxn, k).map(|_| ()),
+        Logged::PutHint(k) => dbs.hints.put(wtxn, k, &[]),
+        Logged::DeleteHint(k) => dbs.hints.delete(wtxn, k).map(|_| ()),
         Logged::Clear(before_ms) => {
             deltas.clear();
-            inner.data.clear(wtxn)?;
-            inner.hints.clear(wtxn)?;
-            inner.trees.clear(wtxn)?;
-            inner.meta.put(wtxn, super::FLUSHED_BEFORE, &before_ms.to_be_bytes())
+            dbs.data.clear(wtxn)?;
+            dbs.hints.clear(wtxn)?;
+            dbs.trees.clear(wtxn)?;
+            dbs.meta.put(wtxn, super::FLUSHED_BEFORE, &before_ms.to_be_bytes())
         }
         Logged::RebuildTree(p) => {
             // The rebuild reads the records as they are now, changes of this batch
             // included: drop their pending deltas or they would count twice.
             deltas.forget_partition(*p);
-            tree::rebuild_partition(&inner.data, &inner.trees, wtxn, *p)?;
+            tree::rebuild_partition(&dbs.data, &dbs.trees, wtxn, *p)?;
             let mut progress = vec![tree::TREE_FORMAT];
             progress.extend_from_slice(&(u32::from(*p) + 1).to_be_bytes());
-            inner.meta.put(wtxn, super::TREE_PROGRESS, &progress)
+            dbs.meta.put(wtxn, super::TREE_PROGRESS, &progress)
         }
     }
 }
 
 /// The tree contribution of the record now under `k` (0 when there is none).
-fn old_hash(inner: &Dbs, wtxn: &heed::RwTxn<'_>, k: &[u8]) -> Result<u128, heed::Error> {
-    Ok(inner.data.get(wtxn, k)?.map_or(0, |old| tree::record_hash(k, old)))
+fn old_hash(dbs: &Dbs, wtxn: &heed::RwTxn<'_>, k: &[u8]) -> Result<u128, heed::Error> {
+    Ok(dbs.data.get(wtxn, k)?.map_or(0, |old| tree::record_hash(k, old)))
 }
 
 /// Doubles the map. Waits for every read transaction to end (LMDB requires that none be
