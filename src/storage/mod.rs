@@ -200,7 +200,9 @@ pub struct EnvFigures {
 
 impl Store {
     /// Opens (creating if needed) the environment under `dir`, starts the writer thread
-    /// and, for `fsync = everysec`, the once-a-second syncer.
+    /// and, for `fsync = everysec`, the once-a-second syncer. It takes the directory's
+    /// lock first (a second process is refused), and after an unclean stop with a
+    /// write-ahead log it restores the log's checkpoint and redoes the logged commits.
     pub fn open(dir: &Path, fsync: Fsync, initial_map_size: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Lmdb(heed::Error::Io(e)))?;
         let dir_lock = wal::lock_dir(dir)?;
