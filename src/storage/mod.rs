@@ -16,6 +16,7 @@
 //! elsewhere (background tasks, internode requests) go to the node-wide writer.
 
 mod keys;
+mod queue;
 mod record;
 mod snapshot;
 pub mod tree;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use heed::types::Bytes as RawBytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, FlagSetMode, WithTls};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::Fsync;
 use crate::error::StoreError;
@@ -121,7 +122,7 @@ pub(crate) struct Inner {
     /// Whether client threads get writers of their own (not with `fsync = always`).
     local_writers: bool,
     /// Every per-thread writer's queue, so `close` can stop them all.
-    locals: Mutex<Vec<mpsc::Sender<WriteOp>>>,
+    locals: Mutex<Vec<queue::Sender<WriteOp>>>,
 }
 
 /// The write lock. Writer tasks queue for it first-come first-served without blocking
@@ -164,7 +165,7 @@ impl WriteTurn {
 
 thread_local! {
     /// This thread's writers, by store id (see the module docs).
-    static LOCAL_WRITERS: RefCell<Vec<(u64, mpsc::Sender<WriteOp>)>> = const { RefCell::new(Vec::new()) };
+    static LOCAL_WRITERS: RefCell<Vec<(u64, queue::Sender<WriteOp>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Queue depth of each writer.
@@ -174,7 +175,7 @@ const WRITER_QUEUE: usize = 4096;
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-    tx: mpsc::Sender<WriteOp>,
+    tx: queue::Sender<WriteOp>,
     threads: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -306,7 +307,7 @@ impl Store {
             local_writers: fsync != Fsync::Always,
             locals: Mutex::new(Vec::new()),
         });
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (tx, rx) = queue::channel(WRITER_QUEUE);
         let mut threads = Vec::new();
         let w = inner.clone();
         match tokio::runtime::Handle::try_current() {
@@ -744,7 +745,7 @@ impl Store {
         let op = LOCAL_WRITERS.with(|w| match w.borrow().iter().find(|(i, _)| *i == id) {
             Some((_, tx)) if !self.inner.closed.load(Ordering::Acquire) => match tx.try_send(op) {
                 Ok(()) => None,
-                Err(mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) => Some(op),
+                Err(queue::TrySendError::Full(op) | queue::TrySendError::Closed(op)) => Some(op),
             },
             _ => Some(op),
         });
@@ -754,7 +755,7 @@ impl Store {
         let op = match self.local_writer() {
             Some(local) => match local.send(op).await {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(op)) => {
+                Err(queue::SendError(op)) => {
                     // Its runtime is gone (a test's, say): forget it, use the node-wide one.
                     LOCAL_WRITERS.with(|w| w.borrow_mut().retain(|(id, _)| *id != self.inner.id));
                     op
@@ -767,7 +768,7 @@ impl Store {
 
     /// This thread's writer, started on first use when the thread runs a single-threaded
     /// runtime (a client thread); `None` means the node-wide writer.
-    fn local_writer(&self) -> Option<mpsc::Sender<WriteOp>> {
+    fn local_writer(&self) -> Option<queue::Sender<WriteOp>> {
         let id = self.inner.id;
         if !self.inner.local_writers {
             return None;
@@ -783,7 +784,7 @@ impl Store {
         if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
             return None;
         }
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (tx, rx) = queue::channel(WRITER_QUEUE);
         let mut locals = self.inner.locals.lock().unwrap_or_else(|p| p.into_inner());
         if self.inner.closed.load(Ordering::Acquire) {
             return None;

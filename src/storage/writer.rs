@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::queue::Receiver;
 use super::{Inner, Turn, keys, record, tree};
 use crate::error::StoreError;
 use crate::version::SiblingSet;
@@ -190,7 +191,7 @@ impl<'e> Txn<'e> {
 
 /// The writer on a thread of its own, for `fsync = always`: a commit waits for the disk,
 /// and that wait must not hold up a thread that serves clients.
-pub(crate) fn run_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
+pub(crate) fn run_thread(inner: Arc<Inner>, mut rx: Receiver<WriteOp>) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.blocking_recv() {
         batch.push(op);
@@ -204,7 +205,7 @@ pub(crate) fn run_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
 /// The writer as a task among the connections, for `fsync = everysec | no`: a commit
 /// that does not wait for the disk takes microseconds, less than handing each write to
 /// another thread and back, and writes queued while other tasks ran share one commit.
-pub(crate) async fn run_task(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>) {
+pub(crate) async fn run_task(inner: Arc<Inner>, mut rx: Receiver<WriteOp>) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.recv().await {
         batch.push(op);
@@ -219,13 +220,8 @@ pub(crate) async fn run_task(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteOp>)
 
 /// Adds what is already queued to `batch` and commits it, holding the write lock `turn`;
 /// true when the writer must stop.
-fn finish_batch(inner: &Inner, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>, turn: Turn<'_>) -> bool {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(op) => batch.push(op),
-            Err(_) => break,
-        }
-    }
+fn finish_batch(inner: &Inner, rx: &mut Receiver<WriteOp>, batch: &mut Vec<WriteOp>, turn: Turn<'_>) -> bool {
+    rx.take_up_to(batch, MAX_BATCH);
     let close = commit_batch(inner, batch);
     // A due checkpoint of the log runs once the batch is acknowledged, before the next.
     if let Some(wal) = &inner.wal {
