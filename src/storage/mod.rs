@@ -65,10 +65,10 @@ const REBUILD_PARTITIONS: u16 = 1024;
 /// Counters the store keeps for INFO and metrics.
 #[derive(Debug, Default)]
 pub struct StoreStats {
-    /// Committed write transactions.
-    pub commits: AtomicU64,
-    /// Writes applied (one per key change).
-    pub writes: AtomicU64,
+    /// Committed write transactions (striped: every thread's writer adds to it).
+    pub commits: crate::striped::Counter,
+    /// Writes applied (one per key change; striped, as it is added to per write).
+    pub writes: crate::striped::Counter,
     /// Largest number of operations seen in one group commit.
     pub max_batch: AtomicU64,
     /// Times the LMDB map was grown.

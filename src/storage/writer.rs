@@ -409,7 +409,7 @@ fn apply_all(
                     pending.add(&txn.deltas);
                 }
                 inner.flushed_before.fetch_max(flushed_before, Ordering::AcqRel);
-                inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+                inner.stats.commits.add(1);
                 drop(pending);
                 // With a log, LMDB committed without flushing: one flush of the log makes
                 // the batch durable before it is acknowledged.
@@ -538,7 +538,7 @@ fn update_one<'e>(
     match lent.transpose()? {
         Some(Lent::Held(wrote)) => {
             if wrote {
-                inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+                inner.stats.writes.add(1);
             }
             return Ok((txn, Ok(())));
         }
@@ -604,7 +604,7 @@ fn update_one<'e>(
                 }
                 Err(e) => return Err(map_err(inner, e)),
             }
-            inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+            inner.stats.writes.add(1);
             let record = HeldRecord {
                 key: key.clone(),
                 set,
@@ -622,7 +622,7 @@ fn update_one<'e>(
                 dirty: true,
             };
             held.insert(lk, record);
-            inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+            inner.stats.writes.add(1);
         }
         (change, _) => {
             drop(cursor);
@@ -669,7 +669,7 @@ fn write_through<'e>(
             }
         }
     }
-    inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+    inner.stats.writes.add(1);
     replay_on_full(inner, txn, log, from, None)
 }
 
