@@ -37,7 +37,7 @@ use crate::error::CoordError;
 use crate::metrics as m;
 use crate::ring::partition_of;
 use crate::rpc::Pool;
-use crate::storage::{Change, ScanItem, Store};
+use crate::storage::{Change, Committed, ScanItem, Store};
 use crate::version::{NewSibling, NodeId, SiblingSet, VersionVector};
 use quorum::{FanOut, Gathered, deadline_in};
 
@@ -94,7 +94,31 @@ impl Decision {
 
 /// A write that was submitted; awaiting it yields the decision function's result once the
 /// write is durable at the required number of replicas.
-pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, CoordError>> + Send>>;
+pub enum Pending<T> {
+    /// A write this node alone holds: the store's receipt, awaited as it is (the usual
+    /// write of a single node, without a boxed future of its own).
+    Local(Committed<T>),
+    /// Anything else: a local commit followed by replication, say.
+    Boxed(Pin<Box<dyn Future<Output = Result<T, CoordError>> + Send>>),
+}
+
+impl<T> Pending<T> {
+    /// Wraps a future as a pending result.
+    pub fn boxed(f: impl Future<Output = Result<T, CoordError>> + Send + 'static) -> Pending<T> {
+        Pending::Boxed(Box::pin(f))
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, CoordError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Pending::Local(c) => Pin::new(c).poll(cx).map_err(CoordError::from),
+            Pending::Boxed(f) => f.as_mut().poll(cx),
+        }
+    }
+}
 
 /// Replication settings in force (already capped at the member count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,7 +483,6 @@ impl Coordinator {
                 None => (store(set), true),
             })
             .await?
-            .wait()
             .await?)
     }
 
@@ -609,40 +632,42 @@ impl Coordinator {
         }
         let node = self.node_id;
         let hint = placed.as_ref().and_then(|p| p.owner_for(node));
-        let (store_key, key) = if replicated {
-            (key.clone(), Some(key))
-        } else {
-            (key, None)
+        let placed = match placed {
+            Some(p) if replicated => p,
+            // This node alone holds the key: its commit is the whole write.
+            _ => {
+                let committed = self
+                    .store
+                    .submit_one(key, move |current, now_us| {
+                        let (d, t) = decide(current.as_ref(), now_us / 1000);
+                        (decided(node, current, d, hint, now_us), t)
+                    })
+                    .await?;
+                return Ok(Pending::Local(committed));
+            }
         };
         let committed = self
             .store
-            .submit_one(store_key, move |current, now_us| {
+            .submit_one(key.clone(), move |current, now_us| {
                 let (d, t) = decide(current.as_ref(), now_us / 1000);
-                // The set is lent (see `Store::submit_one`): taken only to write it.
-                let change = match d {
-                    Decision::Nothing => Change::Keep,
-                    d => apply(node, current.take(), d, hint, now_us),
-                };
-                let written = match (replicated, &change) {
-                    (true, Change::Put(set) | Change::PutHinted(set, _)) => Some(set.clone()),
+                let change = decided(node, current, d, hint, now_us);
+                let written = match &change {
+                    Change::Put(set) | Change::PutHinted(set, _) => Some(set.clone()),
                     _ => None,
                 };
                 (change, (t, written))
             })
             .await?;
-        let (Some(key), Some(placed)) = (key, placed) else {
-            return Ok(Box::pin(async move { Ok(committed.wait().await?.0) }));
-        };
         // As in `submit_many`: replicate as soon as the local commit is done.
         let me = self.clone();
         let task = tokio::spawn(async move {
-            let (t, written) = committed.wait().await?;
+            let (t, written) = committed.await?;
             if let Some(set) = written {
                 me.replicate(key, set, &placed).await?;
             }
             Ok(t)
         });
-        Ok(Box::pin(async move {
+        Ok(Pending::boxed(async move {
             task.await
                 .map_err(|e| CoordError::Peer(format!("write task failed: {e}")))?
         }))
@@ -713,19 +738,19 @@ impl Coordinator {
             })
             .await?;
         if !replicated {
-            return Ok(Box::pin(async move { Ok(committed.wait().await?.0) }));
+            return Ok(Pending::boxed(async move { Ok(committed.await?.0) }));
         }
         // Replicate as soon as the local commit is done, not when the caller gets round to
         // awaiting: pipelined writes then replicate concurrently (merges commute).
         let me = self.clone();
         let task = tokio::spawn(async move {
-            let (t, written) = committed.wait().await?;
+            let (t, written) = committed.await?;
             for (i, set) in written {
                 me.replicate(keys[i].clone(), set, &placements[i]).await?;
             }
             Ok(t)
         });
-        Ok(Box::pin(async move {
+        Ok(Pending::boxed(async move {
             task.await
                 .map_err(|e| CoordError::Peer(format!("write task failed: {e}")))?
         }))
@@ -1011,6 +1036,21 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
 
 /// Turns a decision into the change of the stored record, assigning the new dot; a record
 /// written here as a fallback carries a hint for the owner it stands in for.
+/// The change `decision` makes to the lent set `current` (see `Store::submit_one`): the
+/// set is taken only when the change writes it.
+fn decided(
+    node: NodeId,
+    current: &mut Option<SiblingSet>,
+    decision: Decision,
+    hint_for: Option<NodeId>,
+    now_us: u64,
+) -> Change {
+    match decision {
+        Decision::Nothing => Change::Keep,
+        d => apply(node, current.take(), d, hint_for, now_us),
+    }
+}
+
 fn apply(
     node: NodeId,
     current: Option<SiblingSet>,

@@ -130,7 +130,7 @@ impl Conn {
                 Answer::Waiting(mut p) => {
                     // Already answered (the usual case after the first reply of a group
                     // commit): no new clock reading. Otherwise wait and read the clock.
-                    let first = std::future::poll_fn(|cx| Poll::Ready(p.as_mut().poll(cx))).await;
+                    let first = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut p).poll(cx))).await;
                     match first {
                         Poll::Ready(r) => r,
                         Poll::Pending => {

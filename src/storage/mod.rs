@@ -24,8 +24,10 @@ mod wal;
 mod writer;
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::ops::Bound;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -578,7 +580,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(Vec<Option<SiblingSet>>) -> (Vec<Change>, T) + Send + 'static,
     {
-        self.submit_many(keys, move |sets, _| f(sets)).await?.wait().await
+        self.submit_many(keys, move |sets, _| f(sets)).await?.await
     }
 
     /// [`Store::update_many`] for one key.
@@ -587,7 +589,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(Option<SiblingSet>) -> (Change, T) + Send + 'static,
     {
-        self.submit_one(key, move |set, _| f(set.clone())).await?.wait().await
+        self.submit_one(key, move |set, _| f(set.clone())).await?.await
     }
 
     /// Whether every partition's anti-entropy tree matches its records (false while a
@@ -847,15 +849,19 @@ fn split_hint_key(hk: &[u8]) -> Option<(&[u8], u64)> {
     Some((lkey, u64::from_be_bytes(owner.try_into().ok()?)))
 }
 
-/// A queued write: resolves once its transaction is committed.
+/// A queued write: a future that resolves to the write's result once its transaction is
+/// committed under the fsync setting.
 pub struct Committed<T> {
     wait: oneshot::Receiver<Result<T, StoreError>>,
 }
 
-impl<T> Committed<T> {
-    /// Waits for the commit and returns the write's result.
-    pub async fn wait(self) -> Result<T, StoreError> {
-        self.wait.await.map_err(|_| StoreError::Closed)?
+impl<T> Future for Committed<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.wait)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
     }
 }
 

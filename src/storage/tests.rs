@@ -154,12 +154,12 @@ proptest! {
                 pending.push(queued);
                 if i % 7 == 6 {
                     for p in pending.drain(..) {
-                        p.wait().await.expect("write");
+                        p.await.expect("write");
                     }
                 }
             }
             for p in pending.drain(..) {
-                p.wait().await.expect("write");
+                p.await.expect("write");
             }
             prop_assert_eq!(stored_trees(&store), expected_trees(&store));
             store.close().await.expect("close");
@@ -349,7 +349,6 @@ fn a_run_of_reads_shares_one_snapshot() {
                     .submit_many(vec![key(1)], move |_, _| (vec![Change::Put(set_of(1, v, false))], ()))
                     .await
                     .expect("queue")
-                    .wait()
                     .await
                     .expect("commit");
             }
@@ -447,7 +446,6 @@ fn a_flush_keeps_older_siblings_out() {
                 })
                 .await
                 .expect("queue")
-                .wait()
                 .await
                 .expect("commit")
         }
@@ -632,12 +630,12 @@ proptest! {
                 pending.push(queued);
                 if pending.len() >= group {
                     for p in pending.drain(..) {
-                        p.wait().await.expect("write");
+                        p.await.expect("write");
                     }
                 }
             }
             for p in pending.drain(..) {
-                p.wait().await.expect("write");
+                p.await.expect("write");
             }
             for (first, clear) in clears {
                 match first {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::strings::{live, read_value, submit};
 use super::util::{coord_error, glob_match, int_arg, is, syntax_error};
 use super::{Ctx, Outcome};
-use crate::coordinator::Decision;
+use crate::coordinator::{Decision, Pending};
 use crate::resp::reply::Reply;
 
 /// DEL key [key ...] and UNLINK: writes a tombstone over each live key; replies the count.
@@ -33,7 +33,7 @@ pub async fn del(ctx: &mut Ctx<'_>) -> Outcome {
         })
         .await;
     match submitted {
-        Ok(p) => Outcome::Later(Box::pin(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
+        Ok(p) => Outcome::Later(Pending::boxed(async move { Ok(p.await.unwrap_or_else(coord_error)) })),
         Err(e) => coord_error(e).into(),
     }
 }

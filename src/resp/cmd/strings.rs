@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::util::{coord_error, int_arg, is, syntax_error};
 use super::{Ctx, Outcome};
-use crate::coordinator::Decision;
+use crate::coordinator::{Decision, Pending};
 use crate::node::Stats;
 use crate::resp::reply::Reply;
 use crate::version::{Sibling, SiblingSet};
@@ -65,7 +65,7 @@ pub async fn get(ctx: &mut Ctx<'_>) -> Outcome {
             Stats::add(counter, 1);
             Ok::<Reply, Reply>(Reply::opt_bulk(v))
         });
-        return Outcome::Later(Box::pin(async move {
+        return Outcome::Later(Pending::boxed(async move {
             Ok(match task.await {
                 Ok(Ok(r)) | Ok(Err(r)) => r,
                 Err(e) => Reply::err(format!("ERR read task failed: {e}")),
