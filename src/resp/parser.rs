@@ -398,13 +398,22 @@ impl RequestParser {
             *span = (start, end);
             at = end + 2;
         }
-        let frame = buf.split_to(at).freeze();
-        Some(
-            spans[..count]
-                .iter()
-                .map(|&(start, end)| frame.slice(start..end))
-                .collect(),
-        )
+        // Each argument but the last is split off the frame in turn, and the last is what
+        // is left of it: one reference count taken per argument after the first, instead
+        // of one for the frame and one per argument.
+        let mut frame = buf.split_to(at);
+        let mut args = Vec::with_capacity(count);
+        let mut from = 0;
+        let (last, init) = spans[..count].split_last()?;
+        for &(start, end) in init {
+            frame.advance(start - from);
+            args.push(frame.split_to(end - start).freeze());
+            from = end;
+        }
+        frame.advance(last.0 - from);
+        frame.truncate(last.1 - last.0);
+        args.push(frame.freeze());
+        Some(args)
     }
 
     /// Reads a `*`/`$` header line at the front of `buf` and consumes it.
