@@ -8,7 +8,11 @@
 //! With `fsync = always` there is one writer, on a thread of its own: every commit waits
 //! for the disk, so all writes of the node should share it. LMDB then commits without
 //! flushing, and the write-ahead log ([`wal`]) makes each commit durable with one flush
-//! instead of LMDB's two; LMDB's file is flushed at the log's checkpoints.
+//! instead of LMDB's two; LMDB's file is flushed at the log's checkpoints. The writer
+//! hands the acknowledgements of a client thread's writes to that thread's acknowledger
+//! task, which wakes their connections there: waking a task of another thread costs a
+//! system call, so a commit then wakes each client thread once instead of each write's
+//! connection.
 //!
 //! Otherwise each client thread (a single-threaded runtime, see `resp::listener`) gets a writer task of its own for the
 //! writes submitted there, so a write never crosses threads; their transactions take
@@ -121,7 +125,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     /// Distinguishes stores in the per-thread writer table (addresses can be reused).
     id: u64,
-    /// Whether client threads get writers of their own (not with `fsync = always`).
+    /// Whether client threads get writers of their own (not with `fsync = always`, where
+    /// they get acknowledgers instead).
     local_writers: bool,
     /// Every per-thread writer's queue, so `close` can stop them all.
     locals: Mutex<Vec<queue::Sender<WriteOp>>>,
@@ -168,7 +173,17 @@ impl WriteTurn {
 thread_local! {
     /// This thread's writers, by store id (see the module docs).
     static LOCAL_WRITERS: RefCell<Vec<(u64, queue::Sender<WriteOp>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's acknowledgers, by store id (see the module docs).
+    static ACKERS: RefCell<Vec<(u64, AckSink)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The queue of a client thread's acknowledger: writes finished by the writer thread, with
+/// how they ended.
+type AckSink = Arc<queue::Sender<(Box<dyn writer::Job>, Result<(), StoreError>)>>;
+
+/// Acknowledgements queued for one acknowledger at most; beyond, the writer answers them
+/// itself.
+const ACK_QUEUE: usize = 4096;
 
 /// Queue depth of each writer.
 const WRITER_QUEUE: usize = 4096;
@@ -555,7 +570,7 @@ impl Store {
         F: FnOnce(Vec<Option<SiblingSet>>, u64) -> (Vec<Change>, T) + Send + 'static,
     {
         let (done, wait) = oneshot::channel();
-        let job = Submitted::new(Many(f), done);
+        let job = Submitted::new(Many(f), done, self.acker());
         self.send(WriteOp::Update { keys, job }).await?;
         Ok(Committed { wait })
     }
@@ -569,7 +584,7 @@ impl Store {
         F: FnOnce(&mut Option<SiblingSet>, u64) -> (Change, T) + Send + 'static,
     {
         let (done, wait) = oneshot::channel();
-        let job = Submitted::new(One(f), done);
+        let job = Submitted::new(One(f), done, self.acker());
         self.send(WriteOp::UpdateOne { key, job }).await?;
         Ok(Committed { wait })
     }
@@ -798,6 +813,35 @@ impl Store {
         Some(tx)
     }
 
+    /// This thread's acknowledger, started on first use when the writer runs on a thread
+    /// of its own and this thread runs a single-threaded runtime (a client thread).
+    fn acker(&self) -> Option<AckSink> {
+        if self.inner.local_writers {
+            return None;
+        }
+        let id = self.inner.id;
+        if self.inner.closed.load(Ordering::Acquire) {
+            ACKERS.with(|a| a.borrow_mut().retain(|(i, _)| *i != id));
+            return None;
+        }
+        let found = ACKERS.with(|a| a.borrow().iter().find(|(i, _)| *i == id).map(|(_, s)| s.clone()));
+        match found {
+            Some(sink) if !sink.is_closed() => return Some(sink),
+            // Its runtime is gone (a test's, say): start one on the current runtime.
+            Some(_) => ACKERS.with(|a| a.borrow_mut().retain(|(i, _)| *i != id)),
+            None => {}
+        }
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        let (tx, rx) = queue::channel(ACK_QUEUE);
+        rt.spawn(writer::run_acker(rx));
+        let sink = Arc::new(tx);
+        ACKERS.with(|a| a.borrow_mut().push((id, sink.clone())));
+        Some(sink)
+    }
+
     /// Finishes queued writes, stops the writer, and syncs the environment to disk.
     /// Later writes fail with [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {
@@ -872,6 +916,8 @@ struct Submitted<C, T> {
     f: Option<C>,
     result: Option<T>,
     done: oneshot::Sender<Result<T, StoreError>>,
+    /// The submitting thread's acknowledger, when the writer runs on another thread.
+    route: Option<AckSink>,
 }
 
 /// A computation over several keys' sets.
@@ -880,11 +926,12 @@ struct Many<F>(F);
 struct One<F>(F);
 
 impl<C, T> Submitted<C, T> {
-    fn new(f: C, done: oneshot::Sender<Result<T, StoreError>>) -> Box<Submitted<C, T>> {
+    fn new(f: C, done: oneshot::Sender<Result<T, StoreError>>, route: Option<AckSink>) -> Box<Submitted<C, T>> {
         Box::new(Submitted {
             f: Some(f),
             result: None,
             done,
+            route,
         })
     }
 
@@ -902,6 +949,26 @@ impl<C, T> Submitted<C, T> {
     }
 }
 
+impl<C, T> Submitted<C, T>
+where
+    Submitted<C, T>: writer::Job + 'static,
+{
+    /// Tells the caller how its write ended: through the submitting thread's acknowledger
+    /// if it has one, else directly (also when that acknowledger is full or gone).
+    fn finish_routed(mut self: Box<Self>, outcome: Result<(), StoreError>) {
+        if let Some(route) = self.route.take() {
+            match route.try_send((self, outcome)) {
+                Ok(()) => {}
+                Err(queue::TrySendError::Full((job, outcome)) | queue::TrySendError::Closed((job, outcome))) => {
+                    job.finish(outcome);
+                }
+            }
+            return;
+        }
+        self.answer(outcome);
+    }
+}
+
 impl<F, T> writer::Job for Submitted<Many<F>, T>
 where
     T: Send + 'static,
@@ -912,7 +979,7 @@ where
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
-        self.answer(outcome);
+        self.finish_routed(outcome);
     }
 }
 
@@ -931,7 +998,7 @@ where
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
-        self.answer(outcome);
+        self.finish_routed(outcome);
     }
 }
 

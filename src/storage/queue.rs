@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -25,6 +26,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         }),
         capacity: capacity.max(1),
         wake: Condvar::new(),
+        gone: AtomicBool::new(false),
     });
     (Sender { shared: shared.clone() }, Receiver { shared })
 }
@@ -34,6 +36,8 @@ struct Shared<T> {
     capacity: usize,
     /// Wakes a receiver blocked in [`Receiver::blocking_recv`].
     wake: Condvar,
+    /// The receiver is gone (as `State::closed`, readable without the lock).
+    gone: AtomicBool,
 }
 
 struct State<T> {
@@ -108,6 +112,11 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Sender<T> {
+    /// Whether the receiver is gone, so that sends fail.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.gone.load(Ordering::Acquire)
+    }
+
     /// Queues `msg` if there is room.
     pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         let mut state = self.shared.lock();
@@ -159,6 +168,7 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.closed = true;
+        self.shared.gone.store(true, Ordering::Release);
         let queued = std::mem::take(&mut state.items);
         let waiting = std::mem::take(&mut state.waiting);
         drop(state);

@@ -827,3 +827,50 @@ fn checkpoints_come_due_and_a_store_stopped_between_them_opens_whole() {
         store.close().await.expect("close");
     });
 }
+
+/// With the writer on a thread of its own (`fsync = always`), the writes a client thread
+/// submits are acknowledged through that thread's acknowledger; once the runtime it ran
+/// on is gone, the next runtime on the thread gets a new one, and every write is still
+/// answered with its own result.
+#[test]
+fn writes_are_acknowledged_on_the_thread_that_submitted_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
+    let id = store.inner.id;
+    let ackers = || {
+        ACKERS.with(|a| {
+            a.borrow()
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, s)| s.is_closed())
+                .collect::<Vec<_>>()
+        })
+    };
+    for round in 0..2u8 {
+        rt().block_on(async {
+            let mut pending = Vec::new();
+            for k in 0..200u8 {
+                let set = set_of(1, &[round, k], false);
+                let p = store
+                    .submit_one(key(k), move |_, _| {
+                        (Change::Put(set), u32::from(k) + 1000 * u32::from(round))
+                    })
+                    .await
+                    .expect("queue");
+                pending.push(p);
+            }
+            assert_eq!(ackers(), vec![false], "one live acknowledger for this thread");
+            for (k, p) in pending.into_iter().enumerate() {
+                assert_eq!(p.await.expect("commit"), k as u32 + 1000 * u32::from(round));
+            }
+        });
+        assert_eq!(ackers(), vec![true], "the acknowledger ended with its runtime");
+    }
+    rt().block_on(async {
+        for k in 0..200u8 {
+            let set = store.get(&key(k)).expect("get").expect("present");
+            assert_eq!(set, set_of(1, &[1, k], false), "key {k}");
+        }
+        store.close().await.expect("close");
+    });
+}

@@ -218,6 +218,20 @@ pub(crate) async fn run_task(inner: Arc<Inner>, mut rx: Receiver<WriteOp>) {
     }
 }
 
+/// A client thread's acknowledger (see the module docs of [`super`]): finishes the writes
+/// the writer thread committed, on the thread that submitted them, a queueful at a time.
+/// Ends when the store's writes and this thread's handle on it are gone.
+pub(crate) async fn run_acker(mut rx: Receiver<(Box<dyn Job>, Result<(), StoreError>)>) {
+    let mut done = Vec::new();
+    while let Some(first) = rx.recv().await {
+        done.push(first);
+        rx.take_up_to(&mut done, MAX_BATCH);
+        for (job, outcome) in done.drain(..) {
+            job.finish(outcome);
+        }
+    }
+}
+
 /// Adds what is already queued to `batch` and commits it, holding the write lock `turn`;
 /// true when the writer must stop.
 fn finish_batch(inner: &Inner, rx: &mut Receiver<WriteOp>, batch: &mut Vec<WriteOp>, turn: Turn<'_>) -> bool {
