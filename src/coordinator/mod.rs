@@ -1034,8 +1034,6 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
     crate::cluster::gossip::resolve(addr).await
 }
 
-/// Turns a decision into the change of the stored record, assigning the new dot; a record
-/// written here as a fallback carries a hint for the owner it stands in for.
 /// The change `decision` makes to the lent set `current` (see `Store::submit_one`): the
 /// set is taken only when the change writes it.
 fn decided(
@@ -1051,6 +1049,8 @@ fn decided(
     }
 }
 
+/// Turns a decision into the change of the stored record, assigning the new dot; a record
+/// written here as a fallback carries a hint for the owner it stands in for.
 fn apply(
     node: NodeId,
     current: Option<SiblingSet>,
