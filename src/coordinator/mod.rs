@@ -640,7 +640,7 @@ impl Coordinator {
                     .store
                     .submit_one(key, move |current, now_us| {
                         let (d, t) = decide(current.as_ref(), now_us / 1000);
-                        (decided(node, current, d, hint, now_us), t)
+                        (apply(node, current, d, hint, now_us), t)
                     })
                     .await?;
                 return Ok(Pending::Local(committed));
@@ -650,7 +650,7 @@ impl Coordinator {
             .store
             .submit_one(key.clone(), move |current, now_us| {
                 let (d, t) = decide(current.as_ref(), now_us / 1000);
-                let change = decided(node, current, d, hint, now_us);
+                let change = apply(node, current, d, hint, now_us);
                 let written = match &change {
                     Change::Put(set) | Change::PutHinted(set, _) => Some(set.clone()),
                     _ => None,
@@ -726,8 +726,8 @@ impl Coordinator {
                     .into_iter()
                     .zip(decisions)
                     .enumerate()
-                    .map(|(i, (current, d))| {
-                        let change = apply(node, current, d, my_hints.get(i).copied().flatten(), now_us);
+                    .map(|(i, (mut current, d))| {
+                        let change = apply(node, &mut current, d, my_hints.get(i).copied().flatten(), now_us);
                         if let (true, Change::Put(set) | Change::PutHinted(set, _)) = (replicated, &change) {
                             written.push((i, set.clone()));
                         }
@@ -1034,9 +1034,10 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
     crate::cluster::gossip::resolve(addr).await
 }
 
-/// The change `decision` makes to the lent set `current` (see `Store::submit_one`): the
-/// set is taken only when the change writes it.
-fn decided(
+/// Turns a decision into the change of the stored record, assigning the new dot; a record
+/// written here as a fallback carries a hint for the owner it stands in for. `current` is
+/// lent (see `Store::submit_one`): it is taken only when the change writes it.
+fn apply(
     node: NodeId,
     current: &mut Option<SiblingSet>,
     decision: Decision,
@@ -1045,23 +1046,8 @@ fn decided(
 ) -> Change {
     match decision {
         Decision::Nothing => Change::Keep,
-        d => apply(node, current.take(), d, hint_for, now_us),
-    }
-}
-
-/// Turns a decision into the change of the stored record, assigning the new dot; a record
-/// written here as a fallback carries a hint for the owner it stands in for.
-fn apply(
-    node: NodeId,
-    current: Option<SiblingSet>,
-    decision: Decision,
-    hint_for: Option<NodeId>,
-    now_us: u64,
-) -> Change {
-    match decision {
-        Decision::Nothing => Change::Keep,
         Decision::Write { context, sibling } => {
-            let mut set = current.unwrap_or_default();
+            let mut set = current.take().unwrap_or_default();
             match context {
                 WriteContext::Current => set.write_current(node, now_us, sibling),
                 WriteContext::Given(c) => set.write(&c, node, now_us, sibling),
