@@ -56,15 +56,20 @@ impl Conn {
             Ok(r) => r,
             Err(e) => return Reply::NotSent(e),
         };
+        // After an unknown outcome the connection is reset, not closed (see `Raw::abort`).
         if let Err(e) = raw.send(&encode(args)) {
-            self.raw = None;
+            if let Some(r) = self.raw.take() {
+                r.abort();
+            }
             return Reply::Unknown(format!("send: {e}"));
         }
         match raw.read_reply() {
             Ok(Resp::Error(e)) => Reply::Err(e),
             Ok(r) => Reply::Ok(r),
             Err(e) => {
-                self.raw = None;
+                if let Some(r) = self.raw.take() {
+                    r.abort();
+                }
                 Reply::Unknown(format!("read: {e}"))
             }
         }
