@@ -12,6 +12,7 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 /// Makes a queue holding at most `capacity` messages (at least one).
 pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
@@ -20,6 +21,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             items: VecDeque::new(),
             receiver: None,
             parked: false,
+            want: 1,
             waiting: Vec::new(),
             senders: 1,
             closed: false,
@@ -46,6 +48,8 @@ struct State<T> {
     receiver: Option<Waker>,
     /// Whether the receiving thread waits on the condition variable.
     parked: bool,
+    /// How many queued messages the parked receiving thread waits for.
+    want: usize,
     /// Producers waiting for room.
     waiting: Vec<Waker>,
     /// Live senders: none left and nothing queued ends the receiver's loop.
@@ -127,7 +131,7 @@ impl<T> Sender<T> {
             return Err(TrySendError::Full(msg));
         }
         state.items.push_back(msg);
-        if state.receiver.is_some() || state.parked {
+        if state.receiver.is_some() || (state.parked && state.items.len() >= state.want) {
             self.shared.wake_receiver(state);
         }
         Ok(())
@@ -150,7 +154,7 @@ impl<T> Sender<T> {
                 return Poll::Pending;
             }
             state.items.push_back(m);
-            if state.receiver.is_some() || state.parked {
+            if state.receiver.is_some() || (state.parked && state.items.len() >= state.want) {
                 self.shared.wake_receiver(state);
             }
             Poll::Ready(Ok(()))
@@ -215,7 +219,35 @@ impl<T> Receiver<T> {
                 return None;
             }
             state.parked = true;
+            state.want = 1;
             state = self.shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Moves queued messages into `into` (never past `max`) until it holds `n`, blocking
+    /// this thread until `deadline` for the rest; returns early once every sender is gone.
+    /// A producer wakes it only when the queue holds what it still waits for, not on
+    /// every message.
+    pub(crate) fn gather(&mut self, into: &mut Vec<T>, n: usize, max: usize, deadline: Instant) {
+        let n = n.min(max);
+        let mut state = self.shared.lock();
+        loop {
+            let k = max.saturating_sub(into.len()).min(state.items.len());
+            into.extend(state.items.drain(..k));
+            if k > 0 && !state.waiting.is_empty() {
+                state.waiting.drain(..).for_each(Waker::wake);
+            }
+            let now = Instant::now();
+            if into.len() >= n || now >= deadline || state.senders == 0 {
+                state.parked = false;
+                return;
+            }
+            state.parked = true;
+            state.want = n - into.len();
+            state = match self.shared.wake.wait_timeout(state, deadline - now) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
         }
     }
 
@@ -296,6 +328,53 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         drop(tx);
         assert_eq!(t.join().unwrap(), (Some(5), None));
+    }
+
+    #[test]
+    fn gather_waits_for_enough_messages_or_the_deadline() {
+        let (tx, mut rx) = channel::<u32>(64);
+        // Enough arrive, one at a time from another thread: it returns with them, long
+        // before its deadline.
+        let t = std::thread::spawn(move || {
+            for i in 0..6 {
+                std::thread::sleep(Duration::from_millis(10));
+                tx.try_send(i).unwrap();
+            }
+            tx
+        });
+        let mut batch = vec![100];
+        let started = Instant::now();
+        rx.gather(&mut batch, 5, 64, started + Duration::from_secs(20));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gather must return once it has enough"
+        );
+        assert_eq!(batch[..5], [100, 0, 1, 2, 3]);
+        let tx = t.join().unwrap();
+        // Too few arrive: it returns at the deadline with what came, in order.
+        tx.try_send(9).unwrap();
+        let started = Instant::now();
+        rx.gather(&mut batch, 50, 64, started + Duration::from_millis(100));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(batch, vec![100, 0, 1, 2, 3, 4, 5, 9]);
+        // Never past `max`, with more queued; the rest stays queued.
+        for i in 0..5 {
+            tx.try_send(i).unwrap();
+        }
+        let mut batch = Vec::new();
+        rx.gather(&mut batch, 10, 3, Instant::now() + Duration::from_secs(20));
+        assert_eq!(batch, vec![0, 1, 2]);
+        // The last sender leaving ends the wait.
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(tx);
+        });
+        let mut batch = Vec::new();
+        let started = Instant::now();
+        rx.gather(&mut batch, 10, 64, started + Duration::from_secs(20));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(batch, vec![3, 4]);
+        t.join().unwrap();
     }
 
     #[tokio::test]
