@@ -226,7 +226,8 @@ pub(crate) fn run_thread(inner: Arc<Inner>, mut rx: Receiver<WriteOp>) {
 struct Pacing {
     /// Sizes of the last two batches.
     last: [usize; 2],
-    /// Moving average of a commit's duration, flush included.
+    /// Moving average of a batch's commit time (its flush, and a checkpoint when one
+    /// came due, included).
     commit: Duration,
 }
 
