@@ -472,22 +472,7 @@ impl Raw {
     /// being retransmitted when a partition heals would apply a write the client saw fail,
     /// after the writes it made since).
     pub fn abort(self) {
-        use std::os::fd::AsRawFd;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt reads `linger` (its size passed along) on a socket this value
-        // owns, which stays open for the call.
-        unsafe {
-            libc::setsockopt(
-                self.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
     }
 
     /// Sets the read and write timeouts.
