@@ -67,8 +67,8 @@ fn key(i: usize) -> Bytes {
 async fn main() {
     let dir_a = tempfile::tempdir().expect("tempdir");
     let dir_b = tempfile::tempdir().expect("tempdir");
-    let a = Store::open(dir_a.path(), Fsync::No, 256 << 20).expect("open a");
-    let b = Store::open(dir_b.path(), Fsync::No, 256 << 20).expect("open b");
+    let a = Store::open(dir_a.path(), Fsync::No, 256 << 20, 1).expect("open a");
+    let b = Store::open(dir_b.path(), Fsync::No, 256 << 20, 1).expect("open b");
     let base: Vec<(Bytes, SiblingSet)> = (0..KEYS)
         .map(|i| {
             let mut s = SiblingSet::new();

@@ -83,7 +83,7 @@ async fn publish_gauges(node: Arc<Node>, shutdown: Shutdown) {
 
 /// Runs a node until `shutdown` is triggered (by a signal, or the SHUTDOWN command).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
-    let store = Store::open(&config.data_dir, config.fsync, config.initial_map_size)?;
+    let store = Store::open(&config.data_dir, config.fsync, config.initial_map_size, config.threads)?;
     let node_id = store.node_id(config.node_id)?;
     let addr = format!("{}:{}", config.bind, config.port);
     let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind {

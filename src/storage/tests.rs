@@ -131,7 +131,7 @@ proptest! {
     )) {
         let dir = tempfile::tempdir().expect("tempdir");
         rt().block_on(async {
-            let store = Store::open(dir.path(), Fsync::No, 64 * 1024).expect("open");
+            let store = Store::open(dir.path(), Fsync::No, 64 * 1024, 1).expect("open");
             // Ops are queued in runs of up to 7 before any is awaited, so that several
             // share one group commit (and its summed tree changes).
             let mut pending = Vec::new();
@@ -165,7 +165,7 @@ proptest! {
             store.close().await.expect("close");
             drop(store);
             // Closing stores what was pending.
-            let store = Store::open(dir.path(), Fsync::No, 64 * 1024).expect("reopen");
+            let store = Store::open(dir.path(), Fsync::No, 64 * 1024, 1).expect("reopen");
             prop_assert!(store.trees_ready());
             prop_assert_eq!(raw_trees(&store), expected_trees(&store));
             store.close().await.expect("close");
@@ -182,7 +182,7 @@ fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let crashed = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("open");
         put_each(&store, 0..200, 5, |k| vec![k]).await;
         let want = expected_trees(&store);
         assert_eq!(stored_trees(&store), want, "readers see the pending changes");
@@ -208,13 +208,13 @@ fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
         assert_ne!(raw_trees(&store), want);
         store.close().await.expect("close");
         drop(store);
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("reopen");
         assert!(store.trees_ready(), "a closed store's trees are sound");
         assert_eq!(raw_trees(&store), want, "closing stored the pending changes");
         store.close().await.expect("close");
         drop(store);
 
-        let store = Store::open(crashed.path(), Fsync::No, 1 << 20).expect("open the crashed copy");
+        let store = Store::open(crashed.path(), Fsync::No, 1 << 20, 1).expect("open the crashed copy");
         assert_eq!(store.trees_pending(), u32::from(PARTITIONS), "every tree is rebuilt");
         // Changes pending for a tree that is then rebuilt must not count twice.
         put_each(&store, 0..20, 8, |k| vec![k, 1]).await;
@@ -223,7 +223,7 @@ fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
         assert_eq!(expected_trees(&store).len(), 400, "200 records, a leaf and a root each");
         store.close().await.expect("close");
         drop(store);
-        let store = Store::open(crashed.path(), Fsync::No, 1 << 20).expect("reopen the copy");
+        let store = Store::open(crashed.path(), Fsync::No, 1 << 20, 1).expect("reopen the copy");
         assert!(store.trees_ready());
         assert_eq!(raw_trees(&store), expected_trees(&store));
         store.close().await.expect("close");
@@ -234,7 +234,7 @@ fn pending_tree_changes_are_stored_on_close_and_rebuilt_after_a_crash() {
 fn a_store_without_trees_rebuilds_them_in_the_background() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("open");
         assert!(store.trees_ready(), "an empty store starts with sound trees");
         put_each(&store, 0..200, 7, |k| vec![k]).await;
         let want = expected_trees(&store);
@@ -249,7 +249,7 @@ fn a_store_without_trees_rebuilds_them_in_the_background() {
         }
         store.close().await.expect("close");
         drop(store);
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("reopen");
         assert!(!store.trees_ready());
         assert_eq!(store.trees_pending(), u32::from(PARTITIONS));
         // Stop part-way, reopen: the rebuild resumes, it does not start over.
@@ -265,14 +265,14 @@ fn a_store_without_trees_rebuilds_them_in_the_background() {
             .expect("write");
         store.close().await.expect("close");
         drop(store);
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("reopen");
         assert_eq!(store.trees_pending(), pending, "the rebuild resumes where it stopped");
         while store.rebuild_tree_step().await.expect("step") {}
         assert!(store.trees_ready());
         assert_eq!(stored_trees(&store), expected_trees(&store));
         store.close().await.expect("close");
         drop(store);
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("reopen");
         assert!(store.trees_ready(), "a finished rebuild is remembered");
         store.close().await.expect("close");
     });
@@ -282,7 +282,7 @@ fn a_store_without_trees_rebuilds_them_in_the_background() {
 fn leaf_listing_and_hashes_agree_with_the_trees() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("open");
         put_each(&store, 0..100, 3, |k| vec![k]).await;
         let roots = store.tree_roots().expect("roots");
         let partitions: Vec<u16> = roots.iter().map(|(p, _)| *p).collect();
@@ -340,8 +340,8 @@ fn a_run_of_reads_shares_one_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let other_dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
-        let other = Store::open(other_dir.path(), Fsync::No, 1 << 20).expect("open other");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("open");
+        let other = Store::open(other_dir.path(), Fsync::No, 1 << 20, 1).expect("open other");
         let put = |store: &Store, v: &'static [u8]| {
             let store = store.clone();
             async move {
@@ -394,8 +394,8 @@ fn a_run_of_reads_shares_one_snapshot() {
 fn a_run_of_reads_judges_expiry_at_one_time() {
     let dir = tempfile::tempdir().expect("tempdir");
     let other_dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
-    let other = Store::open(other_dir.path(), Fsync::No, 1 << 20).expect("open other");
+    let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("open");
+    let other = Store::open(other_dir.path(), Fsync::No, 1 << 20, 1).expect("open other");
     let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
     let run = store.read_run();
     let first = store.read_time_ms();
@@ -453,7 +453,7 @@ fn a_flush_keeps_older_siblings_out() {
     // An hour ahead, as if the node that chose it had a clock running fast.
     let flush_at = crate::clock::now_ms() + 3_600_000;
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("open");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("open");
         merge_in(&store, 1, written_at(1, flush_at - 5)).await;
         store.clear(flush_at).await.expect("clear");
         merge_in(&store, 1, written_at(1, flush_at - 5)).await;
@@ -472,7 +472,7 @@ fn a_flush_keeps_older_siblings_out() {
         store.close().await.expect("close");
     });
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::No, 1 << 20).expect("reopen");
+        let store = Store::open(dir.path(), Fsync::No, 1 << 20, 1).expect("reopen");
         merge_in(&store, 1, written_at(5, flush_at - 1)).await;
         assert!(
             store.get(&key(1)).expect("get").is_none(),
@@ -573,7 +573,7 @@ proptest! {
         let mut hints: BTreeMap<u8, std::collections::BTreeSet<u64>> = BTreeMap::new();
         let dir = tempfile::tempdir().expect("tempdir");
         rt().block_on(async {
-            let store = Store::open(dir.path(), Fsync::No, 64 * 1024).expect("open");
+            let store = Store::open(dir.path(), Fsync::No, 64 * 1024, 1).expect("open");
             let mut pending = Vec::new();
             let mut clears = Vec::new();
             for (i, op) in ops.iter().enumerate() {
@@ -672,19 +672,25 @@ fn contents(store: &Store) -> (Vec<Option<SiblingSet>>, Vec<(u64, u64)>) {
 /// none of the pages written since the checkpoint (here: garbage in their place, or the
 /// file as the checkpoint left it), and a log whose last record was cut short. The store
 /// opened from that (with or without a log of its own) has every commit the log holds,
-/// and sound trees.
+/// and sound trees. The same whether the client thread committed its writes or the
+/// writer thread did.
 #[test]
 fn a_power_cut_after_a_checkpoint_loses_no_logged_commit() {
-    for (garbage, reopen) in [(false, Fsync::Always), (true, Fsync::Always), (true, Fsync::No)] {
+    for (garbage, reopen, threads) in [
+        (false, Fsync::Always, 1),
+        (true, Fsync::Always, 1),
+        (true, Fsync::Always, 2),
+        (true, Fsync::No, 1),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let crashed = tempfile::tempdir().expect("tempdir");
         rt().block_on(async {
-            let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
+            let store = Store::open(dir.path(), Fsync::Always, 1 << 20, threads).expect("open");
             put_each(&store, 0..40, 1, |k| vec![k; 100]).await;
             store.close().await.expect("close");
             drop(store);
             // Opening checkpoints: the file is now as the checkpoint left it.
-            let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("reopen");
+            let store = Store::open(dir.path(), Fsync::Always, 1 << 20, threads).expect("reopen");
             let checkpoint = std::fs::read(dir.path().join("data.mdb")).expect("read");
             // Fewer commits than a checkpoint waits for (58 of 64), each logged: a
             // FLUSHALL, puts, removals, a hinted put, and a hot key written again and
@@ -747,8 +753,11 @@ fn a_power_cut_after_a_checkpoint_loses_no_logged_commit() {
             std::fs::write(crashed.path().join(name), &log).expect("write");
             drop(store);
 
-            let store = Store::open(crashed.path(), reopen, 1 << 20).expect("open the crashed copy");
-            assert!(contents(&store) == want, "garbage {garbage}: a logged commit was lost");
+            let store = Store::open(crashed.path(), reopen, 1 << 20, 1).expect("open the crashed copy");
+            assert!(
+                contents(&store) == want,
+                "garbage {garbage}, {threads} threads: a logged commit was lost"
+            );
             assert_eq!(expected_trees(&store), want_trees);
             assert!(store.trees_ready(), "the trees need no rebuild");
             assert_eq!(stored_trees(&store), want_trees);
@@ -760,7 +769,7 @@ fn a_power_cut_after_a_checkpoint_loses_no_logged_commit() {
             let want = contents(&store);
             store.close().await.expect("close");
             drop(store);
-            let store = Store::open(crashed.path(), reopen, 1 << 20).expect("reopen");
+            let store = Store::open(crashed.path(), reopen, 1 << 20, 1).expect("reopen");
             assert!(contents(&store) == want);
             assert_eq!(stored_trees(&store), expected_trees(&store));
             store.close().await.expect("close");
@@ -774,12 +783,14 @@ fn a_power_cut_after_a_checkpoint_loses_no_logged_commit() {
 fn a_data_directory_in_use_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
-        let err = Store::open(dir.path(), Fsync::Always, 1 << 20).err().expect("refused");
+        let store = Store::open(dir.path(), Fsync::Always, 1 << 20, 1).expect("open");
+        let err = Store::open(dir.path(), Fsync::Always, 1 << 20, 1)
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("in use by another process"), "{err}");
         store.close().await.expect("close");
         drop(store);
-        let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("reopen");
+        let store = Store::open(dir.path(), Fsync::Always, 1 << 20, 1).expect("reopen");
         store.close().await.expect("close");
     });
 }
@@ -799,7 +810,10 @@ fn checkpoints_come_due_and_a_store_stopped_between_them_opens_whole() {
             .unwrap_or(0)
     };
     rt().block_on(async {
-        let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
+        // Two client threads: the writes go to the writer thread, which lets go of the
+        // store once it is dropped. (A client thread's own writer lives as long as its
+        // runtime, and a server's store is never dropped before its runtimes end.)
+        let store = Store::open(dir.path(), Fsync::Always, 1 << 20, 2).expect("open");
         assert_eq!(generation(dir.path()), 1, "opening checkpoints");
         for round in 0..4u8 {
             put_each(&store, 0..200, u64::from(round) + 1, |k| vec![k, round]).await;
@@ -812,13 +826,13 @@ fn checkpoints_come_due_and_a_store_stopped_between_them_opens_whole() {
         let want = contents(&store);
         drop(store);
         // The dropped store's writer lets go of the directory once it sees its queue closed.
-        let mut reopened = Store::open(dir.path(), Fsync::Always, 1 << 20);
+        let mut reopened = Store::open(dir.path(), Fsync::Always, 1 << 20, 2);
         for _ in 0..100 {
             if reopened.is_ok() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
-            reopened = Store::open(dir.path(), Fsync::Always, 1 << 20);
+            reopened = Store::open(dir.path(), Fsync::Always, 1 << 20, 2);
         }
         let store = reopened.expect("reopen without a close");
         assert!(contents(&store) == want, "a commit was lost");
@@ -829,14 +843,14 @@ fn checkpoints_come_due_and_a_store_stopped_between_them_opens_whole() {
     });
 }
 
-/// With the writer on a thread of its own (`fsync = always`), the writes a client thread
-/// submits are acknowledged through that thread's acknowledger; once the runtime it ran
-/// on is gone, the next runtime on the thread gets a new one, and every write is still
-/// answered with its own result.
+/// With the writer on a thread of its own (`fsync = always`, several client threads), the
+/// writes a client thread submits are acknowledged through that thread's acknowledger;
+/// once the runtime it ran on is gone, the next runtime on the thread gets a new one, and
+/// every write is still answered with its own result.
 #[test]
 fn writes_are_acknowledged_on_the_thread_that_submitted_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), Fsync::Always, 1 << 20).expect("open");
+    let store = Store::open(dir.path(), Fsync::Always, 1 << 20, 2).expect("open");
     let id = store.inner.id;
     let ackers = || {
         ACKERS.with(|a| {
@@ -872,6 +886,52 @@ fn writes_are_acknowledged_on_the_thread_that_submitted_them() {
             let set = store.get(&key(k)).expect("get").expect("present");
             assert_eq!(set, set_of(1, &[1, k], false), "key {k}");
         }
+        store.close().await.expect("close");
+    });
+}
+
+/// With `fsync = always` and one client thread, the thread commits its own writes: no
+/// acknowledger, one writer of its own, and each write is in the flushed log when it is
+/// acknowledged (a copy of the directory taken then, LMDB's file put back to its last
+/// checkpoint, opens with it).
+#[test]
+fn one_client_thread_commits_its_own_writes_durably() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), Fsync::Always, 1 << 20, 1).expect("open");
+    let id = store.inner.id;
+    let checkpoint = std::fs::read(dir.path().join("data.mdb")).expect("read");
+    rt().block_on(async {
+        let mut pending = Vec::new();
+        for k in 0..50u8 {
+            let set = set_of(1, &[k], false);
+            let p = store
+                .submit_one(key(k), move |_, _| (Change::Put(set), u32::from(k)))
+                .await
+                .expect("queue");
+            pending.push(p);
+        }
+        for (k, p) in pending.into_iter().enumerate() {
+            assert_eq!(p.await.expect("commit"), k as u32);
+        }
+        assert!(
+            ACKERS.with(|a| a.borrow().iter().all(|(i, _)| *i != id)),
+            "no acknowledger"
+        );
+        let writers = LOCAL_WRITERS.with(|w| w.borrow().iter().filter(|(i, _)| *i == id).count());
+        assert_eq!(writers, 1, "one writer of this thread's own");
+        // What a power cut now leaves: the log as flushed, LMDB's file as checkpointed.
+        let crashed = tempfile::tempdir().expect("tempdir");
+        std::fs::write(crashed.path().join("data.mdb"), &checkpoint).expect("write");
+        for name in ["wal.0", "wal.1"] {
+            if let Ok(log) = std::fs::read(dir.path().join(name)) {
+                std::fs::write(crashed.path().join(name), &log).expect("copy the log");
+            }
+        }
+        let copy = Store::open(crashed.path(), Fsync::No, 1 << 20, 1).expect("open the copy");
+        for k in 0..50u8 {
+            assert_eq!(copy.get(&key(k)).expect("get"), Some(set_of(1, &[k], false)), "key {k}");
+        }
+        copy.close().await.expect("close the copy");
         store.close().await.expect("close");
     });
 }
