@@ -376,6 +376,7 @@ async fn run(
             return Ok(());
         }
         arrived = Instant::now();
+        super::spin::note_read();
         client.active_at(arrived);
         Stats::add(&conn.node.stats.net_input_bytes, n as u64);
         net_metrics().0.increment(n as u64);

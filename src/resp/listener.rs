@@ -6,7 +6,8 @@
 //! connections dealt to them in turn. A connection, its replies' wake-ups and (with
 //! `fsync` other than `always`) its writes' group commit then stay on one thread; a
 //! work-stealing runtime moved them between threads, and the hand-overs cost more than
-//! the work of a GET or a SET.
+//! the work of a GET or a SET. Each thread also runs a spinner ([`super::spin`]) that
+//! keeps its loop awake briefly between requests that come close together.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -56,6 +57,7 @@ impl ClientThreads {
                 .name(format!("dynkv-client-{i}"))
                 .spawn(move || {
                     rt.block_on(async {
+                        tokio::spawn(super::spin::run());
                         let _ = stopped.await;
                     });
                 });

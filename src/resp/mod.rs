@@ -7,3 +7,4 @@ pub mod connection;
 pub mod listener;
 pub mod parser;
 pub mod reply;
+pub mod spin;
