@@ -8,8 +8,9 @@
 //! polling (each round a non-blocking `epoll_wait`) for up to [`WINDOW`] before it may
 //! sleep. Spinning pays only when requests come that close together, so it is adaptive:
 //! a thread spins after a read only if the read came within [`GATE`] of the moment the
-//! thread last let itself sleep. A quiet or lightly loaded thread sleeps as before, and
-//! burns at most one window each time the load picks up.
+//! spinner last stopped keeping the loop awake (from then on the thread may sleep). A
+//! quiet or lightly loaded thread sleeps as before, and burns at most one window each
+//! time the load picks up.
 
 use std::cell::{Cell, RefCell};
 use std::task::{Poll, Waker};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 /// How long the loop keeps polling after the last read.
 pub const WINDOW: Duration = Duration::from_micros(50);
-/// A read that comes this soon after the thread let itself sleep turns spinning on.
+/// A read that comes this soon after the spinner stopped turns spinning on.
 /// Wider than the window: the time from the last reply of a round to the next round's
 /// first request is itself tens of microseconds (the client's turn), and a window that
 /// just missed it should still be tried again.
@@ -42,8 +43,8 @@ fn reads() -> u64 {
     READS.with(Cell::get)
 }
 
-/// Whether a read that came `gap` after the thread last let itself sleep is close enough
-/// to the one before for spinning to pay.
+/// Whether a read that came `gap` after the spinner last stopped is close enough to the
+/// one before for spinning to pay.
 fn worth_spinning(gap: Duration) -> bool {
     gap < GATE
 }
@@ -52,7 +53,7 @@ fn worth_spinning(gap: Duration) -> bool {
 pub async fn run() {
     let mut seen = reads();
     loop {
-        // Let the thread sleep until the next read.
+        // Stop keeping the loop awake (the thread may sleep) until the next read.
         let parked = Instant::now();
         std::future::poll_fn(|cx| {
             if reads() != seen {
