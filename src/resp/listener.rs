@@ -3,11 +3,12 @@
 //! Must not parse or run commands.
 //!
 //! Client threads: `threads` single-threaded runtimes, each with its own event loop, and
-//! connections dealt to them in turn. A connection, its replies' wake-ups and (with
-//! `fsync` other than `always`) its writes' group commit then stay on one thread; a
-//! work-stealing runtime moved them between threads, and the hand-overs cost more than
-//! the work of a GET or a SET. Each thread also runs a spinner ([`super::spin`]) that
-//! keeps its loop awake briefly between requests that come close together.
+//! connections dealt to them in turn. A connection, its replies' wake-ups and (except
+//! with `fsync = always` and several client threads) its writes' group commit then stay
+//! on one thread; a work-stealing runtime moved them between threads, and the
+//! hand-overs cost more than the work of a GET or a SET. Each thread also runs a spinner
+//! ([`super::spin`]) that keeps its loop awake briefly between requests that come close
+//! together.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -19,7 +19,7 @@
 //!   come meanwhile are read together after it and share the next commit, and no write
 //!   crosses threads. A writer thread would leave the loop waiting for the network
 //!   during each flush, waking for every few requests, and hand every write over twice;
-//!   on two cores that cost a quarter of the throughput of SETs from 50 clients. Reads
+//!   on two cores that cost about a fifth of the throughput of SETs from 50 clients. Reads
 //!   on that thread wait for a flush in progress, as they do in Redis.
 //!
 //! Otherwise (`fsync = everysec | no`) each client thread (a single-threaded runtime, see `resp::listener`) gets a writer task of its own for the

@@ -247,9 +247,11 @@ impl Pacing {
     }
 }
 
-/// The writer as a task among the connections, for `fsync = everysec | no`: a commit
+/// The writer as a task among the connections, for `fsync = everysec | no` (a commit
 /// that does not wait for the disk takes microseconds, less than handing each write to
-/// another thread and back, and writes queued while other tasks ran share one commit.
+/// another thread and back) and for `fsync = always` with one client thread (the loop
+/// stops during the flush, as Redis's does; see the module docs of [`super`]). Writes
+/// queued while other tasks ran share one commit.
 pub(crate) async fn run_task(inner: Arc<Inner>, mut rx: Receiver<WriteOp>) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.recv().await {
